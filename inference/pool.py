@@ -1,0 +1,428 @@
+"""Front side of the inference pool: spawn, feed and supervise a fixed list of worker processes.
+
+Everything here runs on the front's event loop and never blocks it: worker sockets are
+asyncio streams, process joins run in the default executor. Units wait in one FIFO and go
+to an idle worker (one unit per worker at a time, so the least-loaded worker is always an
+idle one and a dead worker loses at most one unit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import itertools
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.process import BaseProcess
+
+from . import protocol
+from .worker import run_worker
+
+LOG = logging.getLogger("tts.inference.pool")
+MAX_RESTART_BACKOFF_S = 30.0
+# A worker that dies sooner than this after its start is crash-looping: back off harder.
+CRASH_LOOP_WINDOW_S = 10.0
+
+
+class PoolError(RuntimeError):
+    code = "pool_error"
+
+
+class PoolClosed(PoolError):
+    code = "shutting_down"
+
+
+class PoolBusy(PoolError):
+    code = "overloaded"
+
+
+class PoolStartError(PoolError):
+    code = "pool_start_failed"
+
+
+class WorkerCrashed(PoolError):
+    code = "worker_crashed"
+
+
+class UnitRejected(PoolError):
+    """The worker refused or failed the unit; `code` is one of protocol.FAIL_*."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    workers: int
+    unit_timeout_s: float = 60.0
+    max_unit_retries: int = 1
+    max_queued_units: int = 4096
+    ready_timeout_s: float = 180.0
+    restart_backoff_s: float = 0.5
+    stop_timeout_s: float = 5.0
+    # Multi-threaded sessions exist in the workers (WorkerSpec.solo_threads > 1).
+    solo_enabled: bool = True
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    pcm: bytes
+    sample_rate: int
+    queue_ms: float
+    synthesis_ms: float
+    worker_index: int
+    attempts: int
+
+
+@dataclass(eq=False)
+class _Unit:
+    message: protocol.SynthesizeUnit
+    request_key: int
+    future: asyncio.Future[UnitResult]
+    enqueued_at: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
+    attempts: int = 0
+    finished: bool = False
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """One slot of the fixed worker list; its process is replaced in place when it dies."""
+
+    index: int
+    spec: protocol.WorkerSpec
+    slab: shared_memory.SharedMemory
+    state: WorkerState = WorkerState.DEAD
+    process: BaseProcess | None = None
+    writer: asyncio.StreamWriter | None = None
+    reader_task: asyncio.Task[None] | None = None
+    unit: _Unit | None = None
+    started_at: float = 0.0
+    started: asyncio.Future[None] | None = None
+    restarts: int = 0
+    backoff_s: float = 0.0
+    units_done: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.state is WorkerState.READY and self.unit is None
+
+
+class InferencePool:
+    def __init__(self, options: PoolOptions, make_spec: Callable[[int, str], protocol.WorkerSpec]):
+        self.options = options
+        self._make_spec = make_spec
+        self._handles: list[WorkerHandle] = []
+        self._pending: collections.deque[_Unit] = collections.deque()
+        self._active_requests: collections.Counter[int] = collections.Counter()
+        self._unit_ids = itertools.count(1)
+        self._request_keys = itertools.count(1)
+        self._closing = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._ctx = multiprocessing.get_context("spawn")
+        self.units_completed = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the slabs, spawn every worker and wait until all are ready (or one fails)."""
+        front_pid = os.getpid()
+        for index in range(self.options.workers):
+            name = protocol.slab_name(front_pid, index)
+            spec = self._make_spec(index, name)
+            slab = shared_memory.SharedMemory(name=name, create=True, size=spec.slab_bytes)
+            self._handles.append(WorkerHandle(index, spec, slab))
+        try:
+            for handle in self._handles:
+                self._spawn(handle)
+            waits = [h.started for h in self._handles if h.started is not None]
+            await asyncio.wait_for(asyncio.gather(*waits), self.options.ready_timeout_s)
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise PoolStartError("workers not ready within pool.ready_timeout_s") from exc
+            raise
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_deadlines())
+        LOG.info("pool ready: %d workers", len(self._handles))
+
+    async def stop(self) -> None:
+        """Fail what still waits, stop every worker (message, join, SIGTERM, SIGKILL), unlink."""
+        self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        while self._pending:
+            self._fail(self._pending.popleft(), PoolClosed("server is shutting down"))
+        for handle in self._handles:
+            self._send(handle, protocol.Stop())
+        await asyncio.gather(*(self._reap(h, self.options.stop_timeout_s) for h in self._handles))
+        for handle in self._handles:
+            if handle.unit is not None:
+                self._fail(handle.unit, PoolClosed("server is shutting down"))
+                handle.unit = None
+            if handle.reader_task is not None:
+                handle.reader_task.cancel()
+            _unlink(handle.slab)
+        for task in list(self._background):
+            task.cancel()
+
+    # ---- submitting work -------------------------------------------------------------------
+
+    def new_request_key(self) -> int:
+        return next(self._request_keys)
+
+    def submit(
+        self, request_key: int, units: Sequence[protocol.SynthesizeUnit]
+    ) -> list[asyncio.Future[UnitResult]]:
+        """Queue every unit of one request, or none of them (PoolBusy / PoolClosed)."""
+        if self._closing:
+            raise PoolClosed("server is shutting down")
+        if len(self._pending) + len(units) > self.options.max_queued_units:
+            raise PoolBusy("the synthesis queue is full")
+        loop = asyncio.get_running_loop()
+        futures = []
+        for message in units:
+            unit_message = dataclasses.replace(message, unit_id=next(self._unit_ids))
+            unit = _Unit(unit_message, request_key, loop.create_future())
+            unit.future.add_done_callback(lambda f, u=unit: self._on_future_done(u))
+            self._active_requests[request_key] += 1
+            self._pending.append(unit)
+            futures.append(unit.future)
+        self._dispatch()
+        return futures
+
+    # ---- state for /readyz -----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._handles) and all(h.state is WorkerState.READY for h in self._handles)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "workers_total": len(self._handles),
+            "workers_ready": sum(h.state is WorkerState.READY for h in self._handles),
+            "queued_units": len(self._pending),
+            "busy_workers": sum(h.unit is not None for h in self._handles),
+            "restarts": sum(h.restarts for h in self._handles),
+            "units_completed": self.units_completed,
+        }
+
+    def worker_pids(self) -> list[int | None]:
+        return [
+            h.process.pid if h.process is not None and h.state is not WorkerState.DEAD else None
+            for h in self._handles
+        ]
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def _solo_mode(self) -> bool:
+        """A single request has the whole pool: run its units one by one on wide sessions."""
+        return self.options.solo_enabled and len(self._active_requests) == 1
+
+    def _dispatch(self) -> None:
+        while self._pending:
+            solo = self._solo_mode()
+            if solo and any(h.unit is not None for h in self._handles):
+                return  # the solo unit already uses every core
+            handle = next((h for h in self._handles if h.idle), None)
+            if handle is None:
+                return
+            unit = self._pending.popleft()
+            if unit.finished:
+                continue  # cancelled while it waited: never started
+            self._start_unit(handle, unit, solo)
+
+    def _start_unit(self, handle: WorkerHandle, unit: _Unit, solo: bool) -> None:
+        unit.dispatched_at = time.monotonic()
+        unit.attempts += 1
+        handle.unit = unit
+        self._send(handle, dataclasses.replace(unit.message, solo=solo))
+
+    def _send(self, handle: WorkerHandle, message: protocol.Message) -> None:
+        if handle.writer is not None and not handle.writer.is_closing():
+            handle.writer.write(message.encode())
+
+    # ---- unit completion -------------------------------------------------------------------
+
+    def _on_future_done(self, unit: _Unit) -> None:
+        if not unit.finished:
+            unit.finished = True
+            self._active_requests[unit.request_key] -= 1
+            if self._active_requests[unit.request_key] <= 0:
+                del self._active_requests[unit.request_key]
+
+    def _fail(self, unit: _Unit, error: Exception) -> None:
+        if not unit.future.done():
+            unit.future.set_exception(error)
+
+    def _complete(self, handle: WorkerHandle, done: protocol.UnitDone) -> None:
+        unit = handle.unit
+        if unit is None or unit.message.unit_id != done.unit_id:
+            LOG.warning("worker %d: reply for unknown unit %s", handle.index, done.unit_id)
+            return
+        handle.unit = None
+        handle.units_done += 1
+        self.units_completed += 1
+        nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
+        pcm = bytes(handle.slab.buf[:nbytes])  # copy out before the slab is reused
+        if not unit.future.done():
+            queue_ms = (unit.dispatched_at - unit.enqueued_at) * 1000
+            result = UnitResult(
+                pcm, done.sample_rate, queue_ms, done.synthesis_ms, handle.index, unit.attempts
+            )
+            unit.future.set_result(result)
+
+    def _reject(self, handle: WorkerHandle, failed: protocol.UnitFailed) -> None:
+        unit = handle.unit
+        if unit is None or unit.message.unit_id != failed.unit_id:
+            return
+        handle.unit = None
+        self._fail(unit, UnitRejected(failed.code, failed.message))
+
+    def _on_message(self, handle: WorkerHandle, message: protocol.Message) -> None:
+        if isinstance(message, protocol.UnitDone):
+            self._complete(handle, message)
+        elif isinstance(message, protocol.UnitFailed):
+            self._reject(handle, message)
+        elif isinstance(message, protocol.Ready):
+            handle.state = WorkerState.READY
+            LOG.info("worker %d ready (pid %d)", handle.index, message.pid)
+            if handle.started is not None and not handle.started.done():
+                handle.started.set_result(None)
+        elif isinstance(message, protocol.Fatal):
+            LOG.error("worker %d cannot start: %s", handle.index, message.message)
+            if handle.started is not None and not handle.started.done():
+                handle.started.set_exception(PoolStartError(message.message))
+        self._dispatch()
+
+    # ---- supervision -----------------------------------------------------------------------
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        front_sock, worker_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = self._ctx.Process(
+            target=run_worker,
+            args=(handle.spec, worker_sock, self.options.log_level),
+            name=f"tts-worker-{handle.index}",
+            daemon=True,
+        )
+        process.start()
+        worker_sock.close()  # the child holds its own copy; ours would hide its EOF
+        handle.process = process
+        handle.state = WorkerState.STARTING
+        handle.started_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        handle.started = loop.create_future()
+        handle.started.add_done_callback(_consume_exception)
+        handle.reader_task = loop.create_task(self._read_loop(handle, front_sock))
+
+    async def _read_loop(self, handle: WorkerHandle, sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        handle.writer = writer
+        decoder = protocol.MessageReader()
+        try:
+            while data := await reader.read(protocol.READ_CHUNK_BYTES):
+                for message in decoder.feed(data):
+                    self._on_message(handle, message)
+        except (ConnectionError, protocol.ProtocolError) as exc:
+            LOG.error("worker %d channel broken: %s", handle.index, exc)
+        finally:
+            writer.close()
+            if not self._closing:
+                self._track(self._on_worker_exit(handle))
+
+    async def _on_worker_exit(self, handle: WorkerHandle) -> None:
+        handle.state = WorkerState.DEAD
+        handle.writer = None
+        if handle.started is not None and not handle.started.done():
+            handle.started.set_exception(PoolStartError(f"worker {handle.index} exited at start"))
+        unit, handle.unit = handle.unit, None
+        if unit is not None:
+            self._retry_or_fail(unit, handle.index)
+        await self._reap(handle, timeout_s=1.0)
+        exitcode = handle.process.exitcode if handle.process else None
+        LOG.warning("worker %d exited (code %s); restarting", handle.index, exitcode)
+        if self._closing:
+            return
+        handle.backoff_s = self._next_backoff(handle)
+        await asyncio.sleep(handle.backoff_s)
+        if not self._closing:
+            handle.restarts += 1
+            self._spawn(handle)
+
+    def _next_backoff(self, handle: WorkerHandle) -> float:
+        crash_looping = time.monotonic() - handle.started_at < CRASH_LOOP_WINDOW_S
+        if crash_looping and handle.backoff_s:
+            return min(handle.backoff_s * 2, MAX_RESTART_BACKOFF_S)
+        return self.options.restart_backoff_s
+
+    def _retry_or_fail(self, unit: _Unit, worker_index: int) -> None:
+        if unit.finished:
+            return
+        if unit.attempts <= self.options.max_unit_retries:
+            LOG.warning("retrying unit %d lost with worker %d", unit.message.unit_id, worker_index)
+            self._pending.appendleft(unit)
+            self._dispatch()
+        else:
+            self._fail(unit, WorkerCrashed("the worker synthesizing this request died"))
+
+    async def _reap(self, handle: WorkerHandle, timeout_s: float) -> None:
+        """Join without ever blocking the loop or waiting forever: join, SIGTERM, SIGKILL."""
+        process = handle.process
+        if process is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, process.join, timeout_s)
+        if process.exitcode is None:
+            process.terminate()
+            await loop.run_in_executor(None, process.join, 1.0)
+        if process.exitcode is None:
+            process.kill()
+            await loop.run_in_executor(None, process.join, 1.0)
+
+    async def _watch_deadlines(self) -> None:
+        """A worker stuck on one unit past its deadline is as dead as one that exited."""
+        period = min(1.0, self.options.unit_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for handle in self._handles:
+                unit = handle.unit
+                overdue = unit is not None and now - unit.dispatched_at > self.options.unit_timeout_s
+                if overdue and handle.process is not None and handle.process.is_alive():
+                    LOG.error("worker %d stuck past pool.unit_timeout_s: killing", handle.index)
+                    handle.process.kill()
+
+    def _track(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _unlink(slab: shared_memory.SharedMemory) -> None:
+    slab.close()
+    try:
+        slab.unlink()
+    except FileNotFoundError:
+        pass
+

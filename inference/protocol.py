@@ -1,0 +1,162 @@
+"""Wire protocol between the front and the inference workers: the one module both import.
+
+Transport: each worker has a Unix stream socket to the front carrying a stream of msgpack
+maps (self-delimiting, so no extra framing), and one shared-memory slab the front creates
+and owns. A worker runs one unit at a time and writes that unit's audio at offset 0 of its
+slab as little-endian int16 mono PCM; the reply carries only the sample count. The front
+copies the samples out before it sends the worker its next unit, so the slab needs no lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+SAMPLE_DTYPE = "<i2"
+SAMPLE_WIDTH_BYTES = 2
+SHM_NAME_PREFIX = "tts-"
+READ_CHUNK_BYTES = 64 * 1024
+
+
+def slab_name(front_pid: int, worker_index: int) -> str:
+    """Name of a worker's shared-memory slab; the front's pid keeps servers apart."""
+    return f"{SHM_NAME_PREFIX}{front_pid}-w{worker_index}"
+
+
+@dataclass(frozen=True)
+class VoiceFiles:
+    """Where one voice lives on disk; names are registry keys, never paths from clients."""
+
+    name: str
+    model_path: str
+    config_path: str
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, passed once when it is spawned."""
+
+    index: int
+    slab_name: str
+    slab_bytes: int
+    voices: tuple[VoiceFiles, ...]
+    intra_op_threads: int
+    inter_op_threads: int
+    allow_spinning: bool
+    # Threads for the worker's second ("solo") session; 1 means no second session.
+    solo_threads: int
+    noise_scale: float | None
+    noise_w_scale: float | None
+
+
+class Message:
+    """Base of every message; subclasses are frozen dataclasses with a `kind` tag."""
+
+    kind: ClassVar[str]
+
+    def encode(self) -> bytes:
+        body = dataclasses.asdict(self)  # type: ignore[call-overload]
+        body["kind"] = self.kind
+        body["version"] = PROTOCOL_VERSION
+        return msgpack.packb(body, use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class SynthesizeUnit(Message):
+    """Front -> worker: synthesize one sentence unit into the slab."""
+
+    kind: ClassVar[str] = "synthesize"
+    unit_id: int
+    voice: str
+    text: str
+    speed: float = 1.0
+    speaker_id: int | None = None
+    # Run on the multi-threaded solo session: the pool has no other work.
+    solo: bool = False
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """Front -> worker: finish nothing more, exit cleanly."""
+
+    kind: ClassVar[str] = "stop"
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """Worker -> front: every voice is loaded and warmed up."""
+
+    kind: ClassVar[str] = "ready"
+    pid: int
+    voices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnitDone(Message):
+    """Worker -> front: `samples` int16 samples wait at offset 0 of the slab."""
+
+    kind: ClassVar[str] = "unit_done"
+    unit_id: int
+    samples: int
+    sample_rate: int
+    synthesis_ms: float
+
+
+@dataclass(frozen=True)
+class UnitFailed(Message):
+    """Worker -> front: the unit cannot be synthesized; `code` is stable, message human."""
+
+    kind: ClassVar[str] = "unit_failed"
+    unit_id: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Fatal(Message):
+    """Worker -> front: the worker cannot start (for example a model that will not load)."""
+
+    kind: ClassVar[str] = "fatal"
+    message: str
+
+
+# Stable failure codes a worker may report.
+FAIL_BAD_INPUT = "bad_input"
+FAIL_AUDIO_TOO_LONG = "audio_too_long"
+FAIL_ENGINE = "engine_error"
+
+_MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (SynthesizeUnit, Stop, Ready, UnitDone, UnitFailed, Fatal)
+}
+
+
+class ProtocolError(RuntimeError):
+    """A peer sent something that is not a message of this protocol version."""
+
+
+def decode(body: Any) -> Message:
+    if not isinstance(body, dict):
+        raise ProtocolError(f"expected a map, got {type(body).__name__}")
+    if body.pop("version", None) != PROTOCOL_VERSION:
+        raise ProtocolError("protocol version mismatch")
+    cls = _MESSAGE_TYPES.get(body.pop("kind", None))
+    if cls is None:
+        raise ProtocolError("unknown message kind")
+    if "voices" in body:
+        body["voices"] = tuple(body["voices"])
+    return cls(**body)
+
+
+class MessageReader:
+    """Incremental decoder: feed bytes as they arrive, take whole messages out."""
+
+    def __init__(self) -> None:
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=16 * 1024 * 1024)
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._unpacker.feed(data)
+        return [decode(body) for body in self._unpacker]

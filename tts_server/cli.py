@@ -1,0 +1,46 @@
+"""Command line: `python -m tts_server [serve] [--host H] [--port P] [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inference.pool import PoolStartError
+
+from .config import ConfigError, Settings, load_settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tts-server", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "check-config"])
+    parser.add_argument("--config", help="path to config.toml (default: the repository's)")
+    parser.add_argument("--host", help="override server.host")
+    parser.add_argument("--port", type=int, help="override server.port")
+    parser.add_argument("--workers", type=int, help="override pool.workers (0 = one per core)")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    pool = {"workers": args.workers} if args.workers is not None else {}
+    return settings.replace(server=server, pool=pool)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if args.command == "check-config":
+            print("config ok")
+            return 0
+        from .server import run  # imported late: check-config needs no event loop
+
+        run(settings)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except PoolStartError as exc:
+        print(f"cannot start the inference pool: {exc}", file=sys.stderr)
+        return 3
+    return 0

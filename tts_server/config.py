@@ -1,0 +1,230 @@
+"""Typed, frozen settings loaded once from config.toml plus environment overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TTS_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Required to bind a non-loopback address without an API token.
+    allow_anonymous: bool = False
+    # Optional single static bearer token; empty means none.
+    api_token: str = ""
+    max_body_bytes: int = 256 * 1024
+    drain_timeout_s: float = 30.0
+    # Whole-request deadline for synthesis; past it the client gets 503.
+    request_timeout_s: float = 120.0
+    retry_after_s: int = 2
+    access_log: bool = True
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"server.port must be 0..65535, got {self.port}")
+        _require(self.max_body_bytes >= 1024, "server.max_body_bytes must be >= 1024")
+        _require(self.drain_timeout_s >= 0, "server.drain_timeout_s must be >= 0")
+        _require(self.request_timeout_s > 0, "server.request_timeout_s must be > 0")
+        _require(self.retry_after_s >= 1, "server.retry_after_s must be >= 1")
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    max_text_chars: int = 5000
+    # Sentences longer than this are split at clause boundaries, then at spaces.
+    max_chunk_chars: int = 400
+
+    def __post_init__(self) -> None:
+        _require(self.max_text_chars >= 1, "text.max_text_chars must be >= 1")
+        _require(self.max_chunk_chars >= 20, "text.max_chunk_chars must be >= 20")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    # 0 means one worker per CPU core.
+    workers: int = 0
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    # Threads of each worker's second session, used while a single request has
+    # the whole pool (one client, one sentence). 0 = CPU count, 1 = disabled.
+    solo_threads: int = 0
+    ready_timeout_s: float = 180.0
+    # A unit running longer than this marks its worker as stuck: it is killed.
+    unit_timeout_s: float = 60.0
+    # Shared-memory slab per worker; bounds the audio of one sentence unit.
+    shm_slab_bytes: int = 16 * 1024 * 1024
+    # How often a unit is retried on another worker after its worker died.
+    max_unit_retries: int = 1
+    # Units waiting for a worker, across all requests; beyond it: 503.
+    max_queued_units: int = 4096
+    restart_backoff_s: float = 0.5
+    stop_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 0, "pool.workers must be >= 0")
+        _require(self.intra_op_threads >= 1, "pool.intra_op_threads must be >= 1")
+        _require(self.inter_op_threads >= 1, "pool.inter_op_threads must be >= 1")
+        _require(self.solo_threads >= 0, "pool.solo_threads must be >= 0")
+        _require(self.unit_timeout_s > 0, "pool.unit_timeout_s must be > 0")
+        _require(self.shm_slab_bytes >= 1 << 20, "pool.shm_slab_bytes must be >= 1 MiB")
+        _require(self.max_unit_retries >= 0, "pool.max_unit_retries must be >= 0")
+        _require(self.max_queued_units >= 1, "pool.max_queued_units must be >= 1")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    @property
+    def solo_thread_count(self) -> int:
+        return self.solo_threads or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    # Overrides of every voice's own inference scales; None keeps the voice's.
+    noise_scale: float | None = None
+    noise_w_scale: float | None = None
+    min_speed: float = 0.25
+    max_speed: float = 4.0
+
+    def __post_init__(self) -> None:
+        _require(0 < self.min_speed <= 1 <= self.max_speed, "synthesis speed range must hold 1.0")
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    default: str = "joe"
+    # Extra voices: every *.onnx with its *.onnx.json in this directory.
+    directory: str = ""
+    # Alias -> voice name; an alias naming no voice is a startup error.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    text: TextSettings = field(default_factory=TextSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    voices: VoiceSettings = field(default_factory=VoiceSettings)
+
+    def __post_init__(self) -> None:
+        anonymous_ok = self.server.allow_anonymous or bool(self.server.api_token)
+        _require(
+            self.server.binds_loopback_only or anonymous_ok,
+            f"refusing to serve on {self.server.host} without an API token: set server.api_token"
+            " or server.allow_anonymous = true explicitly",
+        )
+
+    def replace(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some keys of some sections changed (used by the CLI and tests)."""
+        merged = _as_dict(self)
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        return settings_from_dict(merged)
+
+
+def _as_dict(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {f.name: dict(vars(getattr(settings, f.name))) for f in dataclasses.fields(settings)}
+
+
+def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
+    """Check one value against its annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is not None and issubclass(origin, Mapping):
+        _require(isinstance(value, Mapping), f"{section}.{key} must be a table")
+        return {str(k): str(v) for k, v in value.items()}
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+    _require(ok, f"{section}.{key} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    _require(not unknown, f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
+    kwargs = {k: _coerce(section, k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def settings_from_dict(data: Mapping[str, Mapping[str, Any]]) -> Settings:
+    hints = typing.get_type_hints(Settings)
+    unknown = sorted(set(data) - set(hints))
+    _require(not unknown, f"unknown config section(s): {', '.join(unknown)}")
+    sections = {name: _build_section(name, hints[name], data.get(name, {})) for name in hints}
+    return Settings(**sections)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML literals (8080, true, 0.5, "x"); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """TTS_<SECTION>__<KEY>=value, e.g. TTS_POOL__WORKERS=4 or TTS_SERVER__API_TOKEN=secret."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[key] = _parse_env_value(raw)
+    return out
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file, apply environment overrides, validate; raise ConfigError on any fault."""
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    try:
+        data: dict[str, dict[str, Any]] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for section, values in env_overrides(os.environ if environ is None else environ).items():
+        data.setdefault(section, {}).update(values)
+    return settings_from_dict(data)

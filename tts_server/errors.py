@@ -1,0 +1,55 @@
+"""The error hierarchy clients see: each error carries a stable code and its HTTP status."""
+
+from __future__ import annotations
+
+
+class TTSError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after_s = retry_after_s
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(TTSError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(TTSError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(TTSError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(TTSError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TTSError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(TTSError):
+    status = 422
+    code = "unprocessable"
+
+
+class ServiceUnavailable(TTSError):
+    """Busy, draining or the engine lost the work: always sent with Retry-After."""
+
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,127 @@
+"""HTTP routes: /api/tts, /api/voices and the health probes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from . import keys
+from .audio import duration_s, wav_header
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .schema import SynthesisRequest, parse_tts_request
+from .synthesis import SynthesisTrace
+
+LOG = logging.getLogger("tts.server")
+JSON_TYPES = frozenset({"application/json"})
+
+
+async def read_json(request: web.Request) -> Any:
+    """Body -> JSON value, with 415/413/400 for the wrong type, size or syntax."""
+    if request.content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.content_type!r}",
+            code="unsupported_media_type",
+        )
+    limit = request.app[keys.SETTINGS].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"invalid JSON: {exc}", code="invalid_json") from None
+
+
+def _server_timing(trace: SynthesisTrace) -> str:
+    first = trace.first_audio_ms or 0.0
+    return (
+        f"queue;dur={trace.queue_ms:.1f}, synth;dur={trace.synthesis_ms:.1f}, "
+        f"first-audio;dur={first:.1f}"
+    )
+
+
+def _audio_headers(req: SynthesisRequest) -> dict[str, str]:
+    content_type = "audio/wav" if req.audio_format == "wav" else "audio/pcm"
+    return {
+        "Content-Type": content_type,
+        "X-Sample-Rate": str(req.voice.sample_rate),
+        "X-Audio-Format": "s16le" if req.audio_format == "pcm" else "wav",
+        "X-Voice": req.voice.name,
+        "X-Engine": req.voice.engine,
+    }
+
+
+async def tts(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
+    if req.stream:
+        return await _stream_audio(request, req)
+    trace = SynthesisTrace()
+    pcm = bytearray()
+    async for result in app[keys.SYNTHESIZER].stream(req, trace):
+        pcm += result.pcm
+    body = bytes(pcm)
+    if req.audio_format == "wav":
+        body = wav_header(req.voice.sample_rate, len(pcm)) + body
+    headers = _audio_headers(req)
+    headers["X-Audio-Duration"] = f"{duration_s(len(pcm), req.voice.sample_rate):.3f}"
+    headers["Server-Timing"] = _server_timing(trace)
+    return web.Response(body=body, headers=headers)
+
+
+async def _stream_audio(request: web.Request, req: SynthesisRequest) -> web.StreamResponse:
+    """Chunked audio; headers leave with the first unit so early errors keep their status."""
+    trace = SynthesisTrace()
+    chunks = request.app[keys.SYNTHESIZER].stream(req, trace)
+    response: web.StreamResponse | None = None
+    async for result in chunks:
+        if response is None:
+            response = web.StreamResponse(headers=_audio_headers(req))
+            response.headers["Server-Timing"] = _server_timing(trace)
+            response.headers["X-Request-Id"] = request["request_id"]
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            if req.audio_format == "wav":
+                await response.write(wav_header(req.voice.sample_rate, None))
+        await response.write(result.pcm)
+    assert response is not None  # a request always has at least one unit
+    await response.write_eof()
+    return response
+
+
+async def voices(request: web.Request) -> web.Response:
+    registry = request.app[keys.REGISTRY]
+    return web.json_response(
+        {
+            "default": registry.default,
+            "voices": [v.public() for v in registry.voices.values()],
+            "aliases": registry.aliases,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pool = request.app[keys.POOL]
+    draining = request.app[keys.RUN_STATE].draining
+    ready = pool.ready and not draining
+    status = "draining" if draining else ("ready" if ready else "not_ready")
+    body = {"status": status, "pool": pool.snapshot()}
+    headers = {} if ready else {"Retry-After": str(request.app[keys.SETTINGS].server.retry_after_s)}
+    return web.json_response(body, status=200 if ready else 503, headers=headers)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/api/tts", tts)
+    app.router.add_get("/api/voices", voices)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

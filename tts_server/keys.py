@@ -1,0 +1,27 @@
+"""Typed application state keys, declared in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from inference.pool import InferencePool
+
+from .config import Settings
+from .synthesis import Synthesizer
+from .voices import VoiceRegistry
+
+
+@dataclass
+class RunState:
+    """Mutable server state that handlers read: set by the shutdown sequence."""
+
+    draining: bool = False
+
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", VoiceRegistry)
+POOL = web.AppKey("pool", InferencePool)
+SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
+RUN_STATE = web.AppKey("run_state", RunState)

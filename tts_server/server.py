@@ -1,0 +1,71 @@
+"""Serve an app on uvloop with the documented shutdown order.
+
+Shutdown: stop listening -> drain flag (503 + Retry-After) -> finish in-flight requests up
+to server.drain_timeout_s -> stop workers (message, join, SIGTERM, SIGKILL) -> unlink
+shared memory. A second SIGINT/SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import uvloop
+from aiohttp import web
+
+from . import keys
+from .app import create_app
+from .config import Settings
+
+LOG = logging.getLogger("tts.server")
+FORCED_EXIT_CODE = 130
+
+
+class SignalRecorder:
+    """Signal handlers only record; the serve loop acts. Tests call record() directly."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.stop_requested = asyncio.Event()
+
+    def record(self, signum: int) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            LOG.warning("second signal: exiting now")
+            os._exit(FORCED_EXIT_CODE)
+        LOG.info("received %s: shutting down", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.record, signum)
+
+
+async def serve(settings: Settings, signals: SignalRecorder | None = None) -> None:
+    signals = signals or SignalRecorder()
+    signals.install(asyncio.get_running_loop())
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("tts.access") if settings.server.access_log else None,
+        shutdown_timeout=settings.server.drain_timeout_s,
+        handler_cancellation=True,  # a client that hangs up cancels its queued work
+    )
+    await runner.setup()  # starts the pool: workers load and warm up their voices
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
+    await site.start()
+    LOG.info("serving on http://%s:%d", settings.server.host, settings.server.port)
+    await signals.stop_requested.wait()
+    app[keys.RUN_STATE].draining = True
+    await runner.cleanup()  # stop listening, drain in-flight, then the pool's cleanup
+    LOG.info("stopped")
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.server.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvloop.run(serve(settings))

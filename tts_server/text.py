@@ -1,0 +1,98 @@
+"""Text front-end: normalize, then cut into sentence units no longer than a configured length.
+
+Units are what the pool schedules: one long text runs on several workers at once and
+its audio is reassembled in order.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Sentence ends: Latin and CJK terminators, with closing quotes/brackets kept on the left.
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？；])[\"'”’)\]」』]*\s+|(?<=[。！？；])|\n\s*\n|\n")
+# Clause boundaries for over-long sentences.
+_CLAUSE_END = re.compile(r"(?<=[,;:，、；：—])\s*")
+# Abbreviations whose dot does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st sr jr vs etc e.g i.e no approx dept est fig inc ltd co corp".split()
+)
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_WHITESPACE_RUN = re.compile(r"[^\S\n]+")
+
+
+def normalize(text: str) -> str:
+    """NFKC, control characters dropped (newlines kept as boundaries), spaces folded."""
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    text = "".join(
+        ch for ch in text if ch == "\n" or unicodedata.category(ch) not in _CONTROL_CATEGORIES
+    )
+    text = _WHITESPACE_RUN.sub(" ", text)
+    return "\n".join(line.strip() for line in text.split("\n")).strip()
+
+
+def _ends_with_abbreviation(piece: str) -> bool:
+    words = piece.rstrip().split()
+    return bool(words) and words[-1].rstrip(".").lower() in _ABBREVIATIONS
+
+
+def split_sentences(text: str) -> list[str]:
+    pieces = [p.strip() for p in _SENTENCE_END.split(text)]
+    sentences: list[str] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        if sentences and _ends_with_abbreviation(sentences[-1]):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return sentences
+
+
+def _split_hard(text: str, limit: int) -> list[str]:
+    """Cut at the last space before the limit, or at the limit when there is none (CJK)."""
+    out = []
+    while len(text) > limit:
+        cut = text.rfind(" ", 0, limit + 1)
+        cut = cut if cut > 0 else limit
+        out.append(text[:cut].strip())
+        text = text[cut:].strip()
+    if text:
+        out.append(text)
+    return out
+
+
+def _pack(parts: list[str], limit: int) -> list[str]:
+    """Greedily join clauses back together while they fit."""
+    chunks: list[str] = []
+    for part in parts:
+        for piece in _split_hard(part, limit) if len(part) > limit else [part]:
+            joiner = "" if chunks and _is_cjk(chunks[-1][-1:]) else " "
+            if chunks and len(chunks[-1]) + len(joiner) + len(piece) <= limit:
+                chunks[-1] = f"{chunks[-1]}{joiner}{piece}"
+            else:
+                chunks.append(piece)
+    return chunks
+
+
+def _is_cjk(ch: str) -> bool:
+    return bool(ch) and (
+        "\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
+    )
+
+
+def split_units(text: str, max_chunk_chars: int) -> list[str]:
+    """Normalized text -> sentence units of at most max_chunk_chars characters."""
+    units: list[str] = []
+    for sentence in split_sentences(text):
+        if len(sentence) <= max_chunk_chars:
+            units.append(sentence)
+            continue
+        clauses = [c for c in _CLAUSE_END.split(sentence) if c.strip()]
+        units.extend(_pack(clauses, max_chunk_chars))
+    return units
+
+
+def has_speakable_content(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
