@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up (a .venv with the project and its dependencies) and serve, test or benchmark.
+#   ./run.sh [--host H] [--port P] [--config FILE] [--workers N]   serve (default 127.0.0.1:8080)
+#   ./run.sh test [pytest args]                                    run the test suite
+#   ./run.sh bench [args]                                          throughput benchmark
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+# Reinstall only when pyproject.toml changed since the last install (or extras differ).
+ensure_env() {
+    local extras=$1
+    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "creating $VENV with $PYTHON_BIN" >&2
+        "$PYTHON_BIN" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ]; then
+        echo "installing the project and its dependencies ($extras)" >&2
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        rm -f "$VENV"/.installed-*
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    test)
+        shift
+        ensure_env test,bench
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    bench)
+        shift
+        ensure_env test,bench
+        exec "$VENV/bin/python" -m stress.throughput "$@"
+        ;;
+    *)
+        ensure_env test,bench
+        exec "$VENV/bin/python" -m tts_server serve "$@"
+        ;;
+esac

@@ -1,0 +1,51 @@
+"""Shared fixtures: config files and real server processes that always clean up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ServerProcess, merged, write_config
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    def make(overrides: dict[str, dict[str, Any]] | None = None, name: str = "config.toml") -> Path:
+        return write_config(tmp_path / name, merged(overrides))
+
+    return make
+
+
+@pytest.fixture
+def running_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Factory: start a server with config overrides, wait until ready; stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(overrides: dict[str, dict[str, Any]] | None = None, wait: bool = True) -> ServerProcess:
+        index = len(started)
+        config = write_config(tmp_path / f"server{index}.toml", merged(overrides))
+        server = ServerProcess(config, tmp_path / f"server{index}.log")
+        started.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One deterministic server for the many tests that only send requests."""
+    folder = tmp_path_factory.mktemp("shared_server")
+    config = write_config(folder / "config.toml", merged({"text": {"max_text_chars": 2000}}))
+    server = ServerProcess(config, folder / "server.log")
+    server.wait_ready()
+    yield server
+    server.stop()
