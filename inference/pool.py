@@ -223,9 +223,15 @@ class InferencePool:
             "units_completed": self.units_completed,
         }
 
-    def worker_pids(self) -> list[int | None]:
+    def worker_states(self) -> list[dict[str, object]]:
         return [
-            h.process.pid if h.process is not None and h.state is not WorkerState.DEAD else None
+            {
+                "index": h.index,
+                "pid": h.process.pid if h.process is not None else None,
+                "state": h.state.value,
+                "busy": h.unit is not None,
+                "restarts": h.restarts,
+            }
             for h in self._handles
         ]
 

