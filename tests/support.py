@@ -55,9 +55,11 @@ TEST_SECTIONS: dict[str, dict[str, Any]] = {
 
 
 def merged(overrides: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    sections = {name: dict(values) for name, values in TEST_SECTIONS.items()}
-    for name, values in (overrides or {}).items():
-        sections.setdefault(name, {}).update(values)
+    """The repository's config.toml, then the test defaults, then the test's overrides."""
+    sections = tomllib.loads((REPO / "config.toml").read_text(encoding="utf-8"))
+    for layer in (TEST_SECTIONS, overrides or {}):
+        for name, values in layer.items():
+            sections.setdefault(name, {}).update(values)
     return sections
 
 
