@@ -1,4 +1,4 @@
-"""Running a coroutine on uvloop when it is installed (it roughly doubles the client's ceiling)."""
+"""Running a coroutine on uvloop when it is installed: the client gets ~20% more requests/s."""
 
 from __future__ import annotations
 
