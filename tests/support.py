@@ -100,8 +100,9 @@ class ServerProcess:
             return None
 
     def worker_pids(self) -> list[int]:
+        """Inference workers only (not the resource tracker or a private redis-server)."""
         children = psutil.Process(self.pid).children()
-        return [c.pid for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+        return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:

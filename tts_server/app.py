@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -10,11 +12,19 @@ from inference import protocol
 from inference.pool import InferencePool, PoolOptions
 
 from . import keys
-from .config import Settings
+from .cache import AudioCache, MemoryLRU, RedisTier
+from .config import CacheSettings, Settings
+from .errors import TTSError
 from .handlers import setup_routes
 from .middlewares import MIDDLEWARES
+from .redis_server import RedisProcess, find_redis_server
+from .schema import parse_tts_request
+from .speech import SpeechService
 from .synthesis import Synthesizer
 from .voices import VoiceRegistry
+
+LOG = logging.getLogger("tts.server")
+PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
 
 
 def build_pool(settings: Settings, registry: VoiceRegistry) -> InferencePool:
@@ -60,6 +70,63 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     await pool.stop()
 
 
+async def _redis_url(settings: CacheSettings, app: web.Application) -> str | None:
+    """The L2 URL: an external one, a private redis-server we start, or None (L1 only)."""
+    if settings.redis_mode == "url":
+        return settings.redis
+    if settings.redis_mode == "off":
+        LOG.info("cache: in-process L1 only (cache.redis = \"off\")")
+        return None
+    if find_redis_server() is None:
+        LOG.warning("cache: no redis-server found; serving with the in-process cache only")
+        return None
+    private = RedisProcess(settings.private_redis_maxmemory_bytes, settings.private_redis_policy)
+    private.spawn()  # on the loop's thread: the child's parent-death signal follows it
+    await asyncio.get_running_loop().run_in_executor(None, private.wait_ready)
+    app[PRIVATE_REDIS] = private
+    return private.url
+
+
+async def cache_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS].cache
+    cache = None
+    if settings.enabled:
+        url = await _redis_url(settings, app)
+        l2 = None
+        if url is not None:
+            l2 = RedisTier.from_url(url, settings.ttl_s, settings.redis_timeout_ms / 1000,
+                                    settings.redis_backoff_max_s, settings.redis_tls_ca_file)
+        cache = AudioCache(MemoryLRU(settings.l1_max_bytes), l2, settings.max_entry_bytes)
+    extra = {"noise_scale": app[keys.SETTINGS].synthesis.noise_scale,
+             "noise_w_scale": app[keys.SETTINGS].synthesis.noise_w_scale}
+    app[keys.SPEECH] = SpeechService(app[keys.SYNTHESIZER], cache, extra,
+                                     settings.cross_instance_wait_ms / 1000)
+    warmup = asyncio.get_running_loop().create_task(warm_up(app))
+    yield
+    warmup.cancel()
+    if cache is not None:
+        await cache.close()
+    if PRIVATE_REDIS in app:
+        app[PRIVATE_REDIS].stop()
+
+
+async def warm_up(app: web.Application) -> None:
+    """Synthesize and store the configured announcements, one at a time, in the background."""
+    settings = app[keys.SETTINGS]
+    service = app[keys.SPEECH]
+    for text in settings.cache.warmup_texts:
+        body = {"text": text, "voice": settings.cache.warmup_voice or None}
+        try:
+            request = parse_tts_request(body, app[keys.REGISTRY], settings)
+            speech = await service.speak(request, service.key_for(request, settings.cache.namespace))
+            async for _ in speech.chunks:
+                pass
+        except TTSError as exc:
+            LOG.error("cache warm-up of %r failed: %s", text[:40], exc.message)
+    if settings.cache.warmup_texts:
+        LOG.info("cache warm-up done: %d texts", len(settings.cache.warmup_texts))
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=list(MIDDLEWARES), client_max_size=settings.server.max_body_bytes
@@ -68,5 +135,6 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.REGISTRY] = VoiceRegistry.from_settings(settings.voices)
     app[keys.RUN_STATE] = keys.RunState()
     app.cleanup_ctx.append(pool_context)
+    app.cleanup_ctx.append(cache_context)
     setup_routes(app)
     return app

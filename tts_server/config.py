@@ -133,12 +133,46 @@ class VoiceSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool = True
+    # "private": start our own redis-server; "off": in-process L1 only; else a redis URL
+    # (redis://, rediss:// for TLS, unix://; user and password go in the URL).
+    redis: str = "private"
+    redis_tls_ca_file: str = ""
+    redis_timeout_ms: int = 50
+    redis_backoff_max_s: float = 30.0
+    l1_max_bytes: int = 256 * 1024 * 1024
+    max_entry_bytes: int = 16 * 1024 * 1024
+    ttl_s: int = 7 * 24 * 3600
+    namespace: str = "tts:v1"
+    private_redis_maxmemory_bytes: int = 512 * 1024 * 1024
+    private_redis_policy: str = "allkeys-lru"
+    # > 0: instances sharing Redis also coalesce, waiting up to this long for a peer.
+    cross_instance_wait_ms: int = 0
+    # Announcements synthesized and stored at start (the "fixed broadcast copy" case).
+    warmup_texts: tuple[str, ...] = ()
+    warmup_voice: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be >= 1")
+        _require(self.l1_max_bytes >= 0, "cache.l1_max_bytes must be >= 0")
+        _require(self.ttl_s >= 1, "cache.ttl_s must be >= 1")
+        _require(self.cross_instance_wait_ms >= 0, "cache.cross_instance_wait_ms must be >= 0")
+        _require(bool(self.namespace), "cache.namespace must not be empty")
+
+    @property
+    def redis_mode(self) -> str:
+        return self.redis if self.redis in ("private", "off") else "url"
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     text: TextSettings = field(default_factory=TextSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     voices: VoiceSettings = field(default_factory=VoiceSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def __post_init__(self) -> None:
         anonymous_ok = self.server.allow_anonymous or bool(self.server.api_token)
@@ -168,6 +202,9 @@ def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
+    if origin is tuple:
+        _require(isinstance(value, list | tuple), f"{section}.{key} must be a list")
+        return tuple(value)
     if origin is not None and issubclass(origin, Mapping):
         _require(isinstance(value, Mapping), f"{section}.{key} must be a table")
         return {str(k): str(v) for k, v in value.items()}

@@ -12,6 +12,7 @@ from . import keys
 from .audio import duration_s, wav_header
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .schema import SynthesisRequest, parse_tts_request
+from .speech import Speech
 from .synthesis import SynthesisTrace
 
 LOG = logging.getLogger("tts.server")
@@ -46,53 +47,57 @@ def _server_timing(trace: SynthesisTrace) -> str:
     )
 
 
-def _audio_headers(req: SynthesisRequest) -> dict[str, str]:
+def _audio_headers(req: SynthesisRequest, speech: Speech) -> dict[str, str]:
     content_type = "audio/wav" if req.audio_format == "wav" else "audio/pcm"
     return {
         "Content-Type": content_type,
-        "X-Sample-Rate": str(req.voice.sample_rate),
+        "X-Sample-Rate": str(speech.sample_rate),
         "X-Audio-Format": "s16le" if req.audio_format == "pcm" else "wav",
         "X-Voice": req.voice.name,
         "X-Engine": req.voice.engine,
+        "X-Cache": speech.cache_status,
+        "Server-Timing": _server_timing(speech.trace),
     }
 
 
 async def tts(request: web.Request) -> web.StreamResponse:
     app = request.app
     req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
+    service = app[keys.SPEECH]
+    speech = await service.speak(req, service.key_for(req, app[keys.SETTINGS].cache.namespace))
     if req.stream:
-        return await _stream_audio(request, req)
-    trace = SynthesisTrace()
-    pcm = bytearray()
-    async for result in app[keys.SYNTHESIZER].stream(req, trace):
-        pcm += result.pcm
-    body = bytes(pcm)
-    if req.audio_format == "wav":
-        body = wav_header(req.voice.sample_rate, len(pcm)) + body
-    headers = _audio_headers(req)
-    headers["X-Audio-Duration"] = f"{duration_s(len(pcm), req.voice.sample_rate):.3f}"
-    headers["Server-Timing"] = _server_timing(trace)
+        return await _stream_audio(request, req, speech)
+    pcm = b"".join([chunk async for chunk in speech.chunks])
+    body = wav_header(speech.sample_rate, len(pcm)) + pcm if req.audio_format == "wav" else pcm
+    headers = _audio_headers(req, speech)
+    headers["X-Audio-Duration"] = f"{duration_s(len(pcm), speech.sample_rate):.3f}"
     return web.Response(body=body, headers=headers)
 
 
-async def _stream_audio(request: web.Request, req: SynthesisRequest) -> web.StreamResponse:
-    """Chunked audio; headers leave with the first unit so early errors keep their status."""
-    trace = SynthesisTrace()
-    chunks = request.app[keys.SYNTHESIZER].stream(req, trace)
+async def _stream_audio(
+    request: web.Request, req: SynthesisRequest, speech: Speech
+) -> web.StreamResponse:
+    """Chunked audio; headers leave with the first chunk so early errors keep their status."""
     response: web.StreamResponse | None = None
-    async for result in chunks:
+    async for chunk in speech.chunks:
         if response is None:
-            response = web.StreamResponse(headers=_audio_headers(req))
-            response.headers["Server-Timing"] = _server_timing(trace)
+            response = web.StreamResponse(headers=_audio_headers(req, speech))
             response.headers["X-Request-Id"] = request["request_id"]
             response.enable_chunked_encoding()
             await response.prepare(request)
             if req.audio_format == "wav":
-                await response.write(wav_header(req.voice.sample_rate, None))
-        await response.write(result.pcm)
+                await response.write(wav_header(speech.sample_rate, None))
+        await response.write(chunk)
     assert response is not None  # a request always has at least one unit
     await response.write_eof()
     return response
+
+
+async def cache_stats(request: web.Request) -> web.Response:
+    cache = request.app[keys.SPEECH].cache
+    if cache is None:
+        return web.json_response({"enabled": False})
+    return web.json_response({"enabled": True, **cache.snapshot()})
 
 
 async def voices(request: web.Request) -> web.Response:
@@ -123,5 +128,6 @@ async def readyz(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/tts", tts)
     app.router.add_get("/api/voices", voices)
+    app.router.add_get("/api/cache/stats", cache_stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -9,6 +9,7 @@ from aiohttp import web
 from inference.pool import InferencePool
 
 from .config import Settings
+from .speech import SpeechService
 from .synthesis import Synthesizer
 from .voices import VoiceRegistry
 
@@ -25,3 +26,4 @@ REGISTRY = web.AppKey("registry", VoiceRegistry)
 POOL = web.AppKey("pool", InferencePool)
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
 RUN_STATE = web.AppKey("run_state", RunState)
+SPEECH = web.AppKey("speech", SpeechService)

@@ -7,6 +7,7 @@ paths.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class VoiceInfo:
     num_speakers: int
     speaker_ids: dict[str, int]
     quality: str
+    # SHA-256 prefix of the model file: cache keys change when the model does.
+    model_id: str
     engine: str = "piper"
     aliases: tuple[str, ...] = ()
 
@@ -72,7 +75,16 @@ def _voice_info(files: VoiceFiles) -> VoiceInfo:
         num_speakers=int(config.get("num_speakers", 1)),
         speaker_ids={str(k): int(v) for k, v in config.get("speaker_id_map", {}).items()},
         quality=str(config.get("audio", {}).get("quality", "")),
+        model_id=file_digest(files.model_path),
     )
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def discover_voices(directory: str) -> list[VoiceFiles]:

@@ -9,7 +9,7 @@ from typing import TextIO
 from aiohttp import web
 
 from stress.client import TargetOptions
-from stress.runner import Load, LevelResult, RunOptions, run_levels
+from stress.runner import LevelResult, Load, RunOptions, run_levels
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY = b'{"text": "hello"}'
@@ -25,7 +25,7 @@ def unused_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 async def run_one(

@@ -26,8 +26,14 @@ SCENARIOS = ("seed", "unique", "open", "mixed", "selftest")
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Runs `python -m stress ARGS`; the test's event loop keeps serving meanwhile."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stress", *args, cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "stress",
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout=60)
@@ -76,8 +82,14 @@ async def test_help_runs_and_names_the_scenarios() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["seed", "--users", "0"], ["seed", "--wait", "3,1"], ["open", "--rates", "x"],
-             ["unique", "--duration", "-1"], ["nonsense"]],
+    "args",
+    [
+        ["seed", "--users", "0"],
+        ["seed", "--wait", "3,1"],
+        ["open", "--rates", "x"],
+        ["unique", "--duration", "-1"],
+        ["nonsense"],
+    ],
 )
 def test_bad_arguments_exit_with_usage_error(args: list[str]) -> None:
     with pytest.raises(SystemExit) as raised:
@@ -92,8 +104,18 @@ async def test_seed_sends_the_seed_requests_with_the_env_token(
     url = await serve(recorder.handle)
     report_path = tmp_path / "seed.json"
     code, out, err = await run_cli(
-        "seed", "--url", url, "--users", "3", "--duration", "1", "--wait", "0.1,0.2",
-        "--json", str(report_path), env=env_without_token(TTS_TOKEN="s3cret-from-env"),
+        "seed",
+        "--url",
+        url,
+        "--users",
+        "3",
+        "--duration",
+        "1",
+        "--wait",
+        "0.1,0.2",
+        "--json",
+        str(report_path),
+        env=env_without_token(TTS_TOKEN="s3cret-from-env"),
     )
     assert code == 0, err
     assert 6 <= len(recorder.requests) <= 40
@@ -111,12 +133,24 @@ async def test_default_token_and_voice_override(serve: StartServer) -> None:
     recorder = Recorder()
     url = await serve(recorder.handle)
     code, _, err = await run_cli(
-        "seed", "--url", url, "--users", "1", "--duration", "5", "--max-requests", "2",
-        "--voice", "joe", "--quiet", env=env_without_token(),
+        "seed",
+        "--url",
+        url,
+        "--users",
+        "1",
+        "--duration",
+        "5",
+        "--max-requests",
+        "2",
+        "--voice",
+        "joe",
+        "--quiet",
+        env=env_without_token(),
     )
     assert code == 0, err
     assert [(auth, body["voice"]) for auth, body in recorder.requests] == [
-        ("Bearer test-token", "joe"), ("Bearer test-token", "joe"),
+        ("Bearer test-token", "joe"),
+        ("Bearer test-token", "joe"),
     ]
 
 
@@ -126,8 +160,20 @@ async def test_mixed_reports_cache_hits_over_time_and_finds_the_server(
     url = await serve(Recorder().handle)
     report_path = tmp_path / "mixed.json"
     code, out, err = await run_cli(
-        "mixed", "--url", url, "--concurrency", "2", "--duration", "1.5", "--window", "0.5",
-        "--pool-size", "20", "--json", str(report_path), "--quiet",
+        "mixed",
+        "--url",
+        url,
+        "--concurrency",
+        "2",
+        "--duration",
+        "1.5",
+        "--window",
+        "0.5",
+        "--pool-size",
+        "20",
+        "--json",
+        str(report_path),
+        "--quiet",
     )
     assert code == 0, err
     assert "Over time (0.5 s windows)" in out and "Hit rate" in out
@@ -149,14 +195,24 @@ async def test_open_runs_each_rate_for_the_duration(serve: StartServer, tmp_path
     url = await serve(Recorder().handle)
     report_path = tmp_path / "open.json"
     code, out, err = await run_cli(
-        "open", "--url", url, "--rates", "20,40", "--duration", "1", "--quiet", "--no-raw",
-        "--json", str(report_path),
+        "open",
+        "--url",
+        url,
+        "--rates",
+        "20,40",
+        "--duration",
+        "1",
+        "--quiet",
+        "--no-raw",
+        "--json",
+        str(report_path),
     )
     assert code == 0, err
     assert out.splitlines()[2].split()[:2] == ["Rate/s", "QPS"]
     levels = json.loads(report_path.read_text(encoding="utf-8"))["levels"]
     assert [(lv["value"], lv["requests"], lv["open_loop"]) for lv in levels] == [
-        (20.0, 20, True), (40.0, 40, True),
+        (20.0, 20, True),
+        (40.0, 40, True),
     ]
     assert levels[1]["started_s"] >= 1.0 and "raw" not in levels[0]
 
@@ -166,8 +222,16 @@ async def test_unique_reports_audio_seconds_per_second(serve: StartServer, tmp_p
     url = await serve(recorder.handle)
     report_path = tmp_path / "unique.json"
     code, out, err = await run_cli(
-        "unique", "--url", url, "--concurrency", "2", "--duration", "0.5", "--quiet",
-        "--json", str(report_path),
+        "unique",
+        "--url",
+        url,
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.5",
+        "--quiet",
+        "--json",
+        str(report_path),
     )
     assert code == 0, err
     texts = [body["text"] for _, body in recorder.requests]

@@ -55,9 +55,7 @@ async def test_every_tenth_request_failing_gives_ten_percent_http_500(serve: Sta
 
 
 async def test_think_time_spaces_each_users_requests(serve: StartServer) -> None:
-    result = await run_one(
-        await serve(instant), ClosedLoad(4, ThinkTime(0.2, 0.4)), duration_s=2.0
-    )
+    result = await run_one(await serve(instant), ClosedLoad(4, ThinkTime(0.2, 0.4)), duration_s=2.0)
     # Each user: one request, then ~0.3 s pauses: about 7 per user in 2 s; never hundreds.
     assert 12 <= len(result.samples) <= 48
     assert result.stopped_by == "time"
@@ -119,8 +117,9 @@ async def test_a_handler_slower_than_the_timeout_is_a_timeout(serve: StartServer
         await asyncio.sleep(1.0)
         return web.Response(body=b"late")
 
-    result = await run_one(await serve(slow), ClosedLoad(2), duration_s=5.0, max_requests=4,
-                           timeout_s=0.2)
+    result = await run_one(
+        await serve(slow), ClosedLoad(2), duration_s=5.0, max_requests=4, timeout_s=0.2
+    )
     stats = level_stats(result.samples, result.elapsed_s)
     assert stats.errors == {"timeout": 4}
     assert stats.latency_all is not None
@@ -157,8 +156,13 @@ async def test_progress_line_shows_elapsed_qps_p95_and_errors(serve: StartServer
             return True
 
     terminal = Terminal()
-    await run_one(await serve(instant), ClosedLoad(2), duration_s=0.7, stream=terminal,
-                  progress_interval_s=0.2)
+    await run_one(
+        await serve(instant),
+        ClosedLoad(2),
+        duration_s=0.7,
+        stream=terminal,
+        progress_interval_s=0.2,
+    )
     text = terminal.getvalue()
     assert "\r\x1b[K[concurrency 2]" in text
     for part in ("/0.7 s", "QPS", "p95", "errors 0.0%", "in flight"):

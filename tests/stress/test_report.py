@@ -35,17 +35,21 @@ def make_report(cache: str | None = None, server_pids: list[int] | None = None) 
     levels = [report.analyse(result, window_s=1.0) for result in results]
     pids = [1234] if server_pids is None else server_pids
     return report.RunReport(
-        scenario="seed", unit="Users", started_at="2025-01-01T00:00:00+00:00",
+        scenario="seed",
+        unit="Users",
+        started_at="2025-01-01T00:00:00+00:00",
         target={"url": "http://127.0.0.1:8080/api/tts", "token_set": True, "timeout_s": 60.0},
         settings={"duration_s": 2.0, "window_s": 1.0, "body": {"voice": "female"}},
-        server={"pids": pids, "found_by": "port"}, levels=levels,
+        server={"pids": pids, "found_by": "port"},
+        levels=levels,
     )
 
 
 def table_lines(text: str, header_start: str) -> list[str]:
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [header_start]
-                 and "QPS" in line)
+    start = next(
+        i for i, line in enumerate(lines) if line.split()[:1] == [header_start] and "QPS" in line
+    )
     return lines[start : start + 4]
 
 
@@ -62,8 +66,19 @@ def test_summary_table_has_the_seeds_columns_and_values() -> None:
 def test_details_errors_and_cache_na() -> None:
     text = report.render(make_report())
     assert "Details" in text
-    for column in ("Requests", "OK", "Sent/s", "P50 ms", "P99 ms", "Max ms", "TTFB p50 ms",
-                   "Audio s/s", "Client CPU %", "Server RSS MB", "Cache hit"):
+    for column in (
+        "Requests",
+        "OK",
+        "Sent/s",
+        "P50 ms",
+        "P99 ms",
+        "Max ms",
+        "TTFB p50 ms",
+        "Audio s/s",
+        "Client CPU %",
+        "Server RSS MB",
+        "Cache hit",
+    ):
         assert column in text
     detail = next(line for line in text.splitlines() if line.split()[:3] == ["50", "20", "19"])
     assert detail.split()[-1] == "n/a"  # no X-Cache header at all
@@ -82,8 +97,9 @@ def test_cache_hit_rate_and_over_time_table() -> None:
 def test_warnings_for_missing_server_and_total_failure() -> None:
     run = make_report(server_pids=[])
     failing = [sample(0.5, "http_400")]
-    run.levels.append(report.analyse(LevelResult(ClosedLoad(3), 5.0, 1.0, "time", failing, []),
-                                     window_s=1.0))
+    run.levels.append(
+        report.analyse(LevelResult(ClosedLoad(3), 5.0, 1.0, "time", failing, []), window_s=1.0)
+    )
     text = report.render(run)
     assert "server process not found" in text
     assert "every request failed (http_400)" in text

@@ -26,8 +26,7 @@ from tests.stress.helpers import run_one, unused_port
 
 BUSY_CHILD = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass\n"
 PARENT_OF_BUSY_CHILD = (
-    "import subprocess, sys\n"
-    f"subprocess.run([sys.executable, '-c', {BUSY_CHILD!r}])\n"
+    f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {BUSY_CHILD!r}])\n"
 )
 
 

@@ -16,8 +16,9 @@ from stress.stats import (
 )
 
 
-def ok(done_s: float, scheduled_s: float = 0.0, cache: str | None = None,
-       audio_s: float | None = None) -> Sample:
+def ok(
+    done_s: float, scheduled_s: float = 0.0, cache: str | None = None, audio_s: float | None = None
+) -> Sample:
     return Sample(scheduled_s, scheduled_s, done_s, done_s, 200, None, audio_s, cache)
 
 
@@ -51,22 +52,34 @@ def test_percentile_of_nothing_is_an_error() -> None:
 def test_distribution_is_in_milliseconds_over_every_value() -> None:
     distribution = Distribution.of_seconds([0.003, 0.001, 0.002, 0.010])
     assert distribution == Distribution(
-        count=4, min_ms=1.0, mean_ms=4.0, p50_ms=2.0, p90_ms=10.0, p95_ms=10.0, p99_ms=10.0,
+        count=4,
+        min_ms=1.0,
+        mean_ms=4.0,
+        p50_ms=2.0,
+        p90_ms=10.0,
+        p95_ms=10.0,
+        p99_ms=10.0,
         max_ms=10.0,
     )
     assert Distribution.of_seconds([]) is None
 
 
 def test_latency_counts_from_the_scheduled_start() -> None:
-    late = Sample(scheduled_s=1.0, sent_s=2.0, first_byte_s=2.25, done_s=2.5, status=200,
-                  error=None)
+    late = Sample(
+        scheduled_s=1.0, sent_s=2.0, first_byte_s=2.25, done_s=2.5, status=200, error=None
+    )
     assert late.latency_s == 1.5
     assert late.ttfb_s == 1.25
 
 
 def test_level_stats_counts_successes_errors_and_qps() -> None:
-    samples = [ok(0.1, audio_s=2.0), ok(0.2, audio_s=3.0), failed(0.3, "http_503", 503),
-               failed(0.4, "timeout"), failed(0.5, "http_503", 503)]
+    samples = [
+        ok(0.1, audio_s=2.0),
+        ok(0.2, audio_s=3.0),
+        failed(0.3, "http_503", 503),
+        failed(0.4, "timeout"),
+        failed(0.5, "http_503", 503),
+    ]
     stats = level_stats(samples, elapsed_s=2.0)
     assert (stats.requests, stats.successes) == (5, 2)
     assert stats.qps == 1.0
@@ -89,8 +102,13 @@ def test_error_counts_are_sorted_by_kind() -> None:
 
 
 def test_cache_hits_are_l1_and_l2_over_responses_with_the_header() -> None:
-    samples = [ok(0.1, cache="hit-l1"), ok(0.1, cache="hit-l2"), ok(0.1, cache="miss"),
-               ok(0.1, cache="coalesced"), ok(0.1)]
+    samples = [
+        ok(0.1, cache="hit-l1"),
+        ok(0.1, cache="hit-l2"),
+        ok(0.1, cache="miss"),
+        ok(0.1, cache="coalesced"),
+        ok(0.1),
+    ]
     cache = cache_stats(samples)
     assert (cache.hits, cache.coalesced, cache.with_header) == (2, 1, 4)
     assert cache.hit_rate == 0.5
@@ -104,11 +122,17 @@ def test_send_rate_spans_first_to_last_start() -> None:
 
 
 def test_windows_bucket_by_completion_and_the_last_may_be_short() -> None:
-    samples = [ok(0.5, cache="miss"), ok(1.5, cache="hit-l1"), ok(1.9, cache="hit-l1"),
-               failed(2.2, "timeout")]
+    samples = [
+        ok(0.5, cache="miss"),
+        ok(1.5, cache="hit-l1"),
+        ok(1.9, cache="hit-l1"),
+        failed(2.2, "timeout"),
+    ]
     result = windows(samples, width_s=1.0, elapsed_s=2.5)
     assert [(w.start_s, w.end_s, w.requests, w.successes) for w in result] == [
-        (0.0, 1.0, 1, 1), (1.0, 2.0, 2, 2), (2.0, 2.5, 1, 0),
+        (0.0, 1.0, 1, 1),
+        (1.0, 2.0, 2, 2),
+        (2.0, 2.5, 1, 0),
     ]
     assert [w.cache.hit_rate for w in result] == [0.0, 1.0, None]
     assert [w.qps for w in result] == [1.0, 2.0, 0.0]

@@ -16,9 +16,12 @@ from stress.audio import audio_seconds, wav_seconds
 def wav(sample_rate: int, pcm_bytes: int, streamed: bool = False) -> bytes:
     size = 0xFFFFFFFF if streamed else pcm_bytes
     header = (
-        b"RIFF" + struct.pack("<I", 0xFFFFFFFF if streamed else 36 + pcm_bytes) + b"WAVEfmt "
+        b"RIFF"
+        + struct.pack("<I", 0xFFFFFFFF if streamed else 36 + pcm_bytes)
+        + b"WAVEfmt "
         + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", size)
+        + b"data"
+        + struct.pack("<I", size)
     )
     return header + bytes(pcm_bytes)
 
@@ -44,7 +47,10 @@ def test_seed_body_is_the_locust_json() -> None:
 def test_body_template_only_sends_fields_that_were_set() -> None:
     template = texts.BodyTemplate(speed=1.5, audio_format="pcm", stream=True)
     assert json.loads(template.encoder(lambda: "hi")()) == {
-        "text": "hi", "speed": 1.5, "format": "pcm", "stream": True,
+        "text": "hi",
+        "speed": 1.5,
+        "format": "pcm",
+        "stream": True,
     }
     assert texts.BodyTemplate().fields() == {}
 

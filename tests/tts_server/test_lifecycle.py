@@ -100,13 +100,16 @@ async def test_during_drain_new_requests_are_refused_or_503_and_in_flight_finish
                     assert "Retry-After" in late.headers
         except aiohttp.ClientConnectorError:
             pass
-        assert (await first).status == 200
+        response = await first
+        assert response.status == 200
+        await response.read()
     assert server.process.wait(30) == 0
 
 
-async def test_front_sigkill_leaves_no_workers_or_shared_memory(running_server):
+async def test_front_sigkill_leaves_no_workers_redis_or_shared_memory(running_server):
     server = running_server()
-    workers = server.worker_pids()
+    workers = [c.pid for c in psutil.Process(server.pid).children()]
+    assert len(workers) == 4  # two inference workers, the resource tracker, redis-server
     server.process.kill()
     server.process.wait()
     await wait_for(lambda: not any(psutil.pid_exists(pid) and

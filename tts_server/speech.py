@@ -1,0 +1,182 @@
+"""Cache lookup and single-flight around the synthesizer: what the handlers call.
+
+Identical requests that arrive while one is being synthesized follow the same flight:
+each follower gets every chunk as it is produced (so a coalesced stream still streams).
+A flight runs as its own task and is cancelled when its last follower leaves, so a
+client that hangs up does not leave work behind unless someone else still wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import AudioCache, CachedAudio, cache_key
+from .schema import SynthesisRequest
+from .synthesis import SynthesisTrace, Synthesizer
+
+LOG = logging.getLogger("tts.speech")
+PEER_POLL_S = 0.05
+
+
+class Flight:
+    """One synthesis in progress, with any number of followers reading its chunks."""
+
+    def __init__(self, key: str, sample_rate: int) -> None:
+        self.key = key
+        self.sample_rate = sample_rate
+        self.chunks: list[bytes] = []
+        self.trace = SynthesisTrace()
+        self.origin = "miss"
+        self.done = False
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.followers = 0
+        self.holds_marker = False
+        self._changed = asyncio.Event()
+
+    def push(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        self.followers += 1
+        try:
+            index = 0
+            while True:
+                while index < len(self.chunks):
+                    index += 1
+                    yield self.chunks[index - 1]
+                if self.done:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                await self._changed.wait()
+        finally:
+            self.followers -= 1
+            if self.followers == 0 and not self.done and self.task is not None:
+                self.task.cancel()  # nobody wants this audio any more
+
+
+@dataclass
+class Speech:
+    """The audio for one request: where it comes from, and its chunks in order."""
+
+    sample_rate: int
+    chunks: AsyncIterator[bytes]
+    trace: SynthesisTrace
+    _status: str = "miss"
+    _flight: Flight | None = None
+
+    @property
+    def cache_status(self) -> str:
+        """hit-l1 | hit-l2 | miss | coalesced; final once the first chunk has arrived."""
+        if self._flight is not None and self._status == "miss":
+            return self._flight.origin
+        return self._status
+
+
+async def _one_chunk(pcm: bytes) -> AsyncIterator[bytes]:
+    yield pcm
+
+
+class SpeechService:
+    def __init__(
+        self,
+        synthesizer: Synthesizer,
+        cache: AudioCache | None,
+        identity_extra: dict[str, Any],
+        cross_instance_wait_s: float = 0.0,
+    ) -> None:
+        self.synthesizer = synthesizer
+        self.cache = cache
+        self.identity_extra = identity_extra
+        self.cross_instance_wait_s = cross_instance_wait_s
+        self._flights: dict[str, Flight] = {}
+
+    def key_for(self, request: SynthesisRequest, namespace: str) -> str:
+        voice = request.voice
+        identity = {
+            "text": request.text,
+            "voice": voice.name,
+            "model": voice.model_id,
+            "engine": voice.engine,
+            "speed": request.speed,
+            "speaker": request.speaker_id,
+            "sample_rate": voice.sample_rate,
+            **self.identity_extra,
+        }
+        return cache_key(namespace, identity)
+
+    async def speak(self, request: SynthesisRequest, key: str) -> Speech:
+        rate = request.voice.sample_rate
+        if self.cache is not None:
+            audio, status = await self.cache.lookup(key)
+            if audio is not None:
+                return Speech(audio.sample_rate, _one_chunk(audio.pcm), SynthesisTrace(), status)
+        flight = self._flights.get(key)
+        if flight is not None:
+            if self.cache is not None:
+                self.cache.coalesced += 1
+            return Speech(rate, flight.follow(), flight.trace, "coalesced", flight)
+        flight = self._start_flight(request, key)
+        return Speech(rate, flight.follow(), flight.trace, "miss", flight)
+
+    def _start_flight(self, request: SynthesisRequest, key: str) -> Flight:
+        flight = Flight(key, request.voice.sample_rate)
+        self._flights[key] = flight
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, request))
+        return flight
+
+    async def _fly(self, flight: Flight, request: SynthesisRequest) -> None:
+        try:
+            if not await self._peer_delivered(flight):
+                async for result in self.synthesizer.stream(request, flight.trace):
+                    flight.push(result.pcm)
+                if self.cache is not None:
+                    self.cache.store(flight.key, CachedAudio(flight.sample_rate,
+                                                             b"".join(flight.chunks)))
+            flight.finish()
+        except asyncio.CancelledError:
+            flight.finish(asyncio.CancelledError())
+            raise
+        except Exception as exc:
+            flight.finish(exc)
+        finally:
+            self._flights.pop(flight.key, None)
+            await self._release_marker(flight.key)
+
+    async def _peer_delivered(self, flight: Flight) -> bool:
+        """Across instances: if another instance holds the marker, wait for its L2 value."""
+        l2 = self.cache.l2 if self.cache is not None else None
+        if l2 is None or self.cross_instance_wait_s <= 0:
+            return False
+        ttl_ms = int(self.cross_instance_wait_s * 1000)
+        if await l2.claim(flight.key + ":inflight", ttl_ms):
+            flight.holds_marker = True
+            return False
+        deadline = asyncio.get_running_loop().time() + self.cross_instance_wait_s
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(PEER_POLL_S)
+            audio = await l2.get(flight.key)
+            if audio is not None:
+                flight.origin = "coalesced"
+                flight.push(audio.pcm)
+                return True
+        return False
+
+    async def _release_marker(self, key: str) -> None:
+        l2 = self.cache.l2 if self.cache is not None else None
+        if l2 is not None and self.cross_instance_wait_s > 0:
+            await l2.release(key + ":inflight")
