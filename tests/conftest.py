@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import ServerProcess, merged, write_config
+from tests.support import ServerProcess, free_port, merged, write_config
+from tts_server.redis_server import RedisProcess
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -47,5 +48,13 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     config = write_config(folder / "config.toml", merged({"text": {"max_text_chars": 2000}}))
     server = ServerProcess(config, folder / "server.log")
     server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A real redis-server on a free loopback port, stopped at teardown."""
+    server = RedisProcess(port=free_port()).start()
     yield server
     server.stop()
