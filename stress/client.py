@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -80,11 +81,25 @@ class TTSClient:
         return Sample(scheduled_s, sent_s, first_byte_s, done_s, status, None, audio_s, cache)
 
 
+FD_HEADROOM = 256  # files, pipes and the listening sockets besides the pool's connections
+
+
+def raise_open_file_limit(connections: int) -> None:
+    """Lift the soft descriptor limit (often 1024) toward the hard one so big levels can connect."""
+    wanted = connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+
+
 @asynccontextmanager
 async def open_session(
     target: TargetOptions, connections: int
 ) -> AsyncIterator[aiohttp.ClientSession]:
     """A session whose pool holds exactly `connections` keep-alive connections to the target."""
+    raise_open_file_limit(connections)
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=target.timeout_s)
     session = aiohttp.ClientSession(

@@ -30,14 +30,17 @@ def require_matplotlib() -> Any:
 def draw(report: RunReport, path: Path) -> None:
     pyplot = require_matplotlib()
     figure, (latency_axes, qps_axes) = pyplot.subplots(2, 1, sharex=True, figsize=(10, 7))
-    for level in report.levels:
-        series = _series(level.result.samples, level.result.elapsed_s, level.result.started_s)
-        label = level.result.load.label
+    for index, level in enumerate(report.levels):
+        result = level.result
+        series = _series(result.samples, result.elapsed_s, result.started_s)
+        color = f"C{index % 10}"
         for key, style in (("p50", ":"), ("p95", "-"), ("p99", "--")):
-            latency_axes.plot(series["t"], series[key], style, label=f"{label} {key}")
-        qps_axes.plot(series["t"], series["qps"], label=label)
+            latency_axes.plot(
+                series["t"], series[key], style, color=color, label=f"{result.load.label} {key}"
+            )
+        qps_axes.plot(series["t"], series["qps"], color=color, label=result.load.label)
         for axes in (latency_axes, qps_axes):
-            axes.axvline(level.result.started_s, color="grey", linewidth=0.5)
+            axes.axvline(result.started_s, color="grey", linewidth=0.5)
     latency_axes.set_ylabel("latency (ms, from scheduled start)")
     latency_axes.set_title(f"stress {report.scenario}: {report.target['url']}")
     latency_axes.legend(fontsize="x-small", ncol=3)
@@ -52,6 +55,8 @@ def draw(report: RunReport, path: Path) -> None:
 def _series(samples: list[Any], elapsed_s: float, offset_s: float) -> dict[str, list[float]]:
     series: dict[str, list[float]] = {"t": [], "p50": [], "p95": [], "p99": [], "qps": []}
     for window in windows(samples, BUCKET_S, elapsed_s):
+        if window.end_s - window.start_s < BUCKET_S / 2:
+            continue  # a sliver at the end of a level: its rate would be noise
         series["t"].append(offset_s + (window.start_s + window.end_s) / 2)
         series["qps"].append(window.qps)
         latency = window.latency

@@ -103,6 +103,13 @@ async def test_open_loop_overload_grows_latency_instead_of_dropping_the_rate(
     assert stats.qps < 15.0
 
 
+async def test_open_loop_stops_at_max_requests(serve: StartServer) -> None:
+    result = await run_one(await serve(instant), OpenLoad(100.0), duration_s=10.0, max_requests=7)
+    assert result.stopped_by == "max_requests"
+    assert len(result.samples) == 7
+    assert result.elapsed_s < 2.0
+
+
 async def test_a_port_with_nothing_listening_is_a_connection_error() -> None:
     url = f"http://127.0.0.1:{unused_port()}"
     result = await run_one(url, ClosedLoad(2), duration_s=5.0, max_requests=20)

@@ -104,3 +104,21 @@ async def test_a_level_samples_the_server_tree_it_is_given(serve: StartServer) -
     assert all(s.server_rss_bytes and s.server_rss_bytes > 10_000_000 for s in result.resources)
     times = [s.t_s for s in result.resources]
     assert times == sorted(times) and times[-1] <= result.elapsed_s + 0.5
+
+
+def test_the_descriptor_limit_is_raised_for_big_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from stress import client
+
+    limits = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(
+        resource, "setrlimit", lambda _, value: limits.update(soft=value[0], hard=value[1])
+    )
+    client.raise_open_file_limit(500)  # 500 + headroom fits in 1024: unchanged
+    assert limits == {"soft": 1024, "hard": 4096}
+    client.raise_open_file_limit(2000)
+    assert limits == {"soft": 2000 + client.FD_HEADROOM, "hard": 4096}
+    client.raise_open_file_limit(10_000)  # never past the hard limit
+    assert limits == {"soft": 4096, "hard": 4096}
