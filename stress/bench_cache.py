@@ -1,0 +1,144 @@
+"""Cached-response throughput: this server's L1 and L2 hits vs a bare aiohttp handler.
+
+The bare handler returns the very bytes the server returns for the cached text, so the
+ratio is the cost of our request path (parsing, validation, key, lookup, headers) over
+aiohttp's own floor. Every server runs in its own process; the client is one process too.
+
+    .venv/bin/python -m stress.bench_cache [--seconds 8] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from stress.throughput import REPO, _free_port, _wait_http, stop
+
+TEXT = "Attention please: the train to the airport leaves from platform four in ten minutes."
+
+
+def serve_bare(port: int, body_file: str) -> None:
+    """The floor: an aiohttp handler that reads the request and returns fixed bytes."""
+    import uvloop
+
+    body = Path(body_file).read_bytes()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_post("/api/tts", handler)
+    app.router.add_get("/readyz", lambda request: web.Response(text="ok"))
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def hammer(url: str, seconds: float, connections: int) -> tuple[float, float]:
+    """Closed loop for `seconds`: requests/s and the client's own CPU % (saturation check)."""
+    count = 0
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+    me = psutil.Process()
+    me.cpu_percent(None)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal count
+        while time.monotonic() < deadline:
+            async with session.post(url, json={"text": TEXT}) as response:
+                await response.read()
+                if response.status == 200:
+                    count += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.monotonic()
+        await asyncio.gather(*(client(session) for _ in range(connections)))
+        elapsed = time.monotonic() - started
+    return count / elapsed, me.cpu_percent(None)
+
+
+def start_server(port: int, cache: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false",
+           **{f"TTS_CACHE__{k.upper()}": v for k, v in cache.items()}}
+    cmd = [sys.executable, "-m", "tts_server", "--port", str(port)]
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
+    return process
+
+
+async def prime(url: str, expected: str) -> bytes:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(url, json={"text": TEXT}) as response:
+                body, cache = await response.read(), response.headers.get("X-Cache")
+    if cache != expected:
+        raise RuntimeError(f"expected {expected}, server said {cache}")
+    return body
+
+
+async def measure_tier(cache: dict[str, str], expected: str, args: argparse.Namespace):
+    port = _free_port()
+    server = start_server(port, cache)
+    try:
+        url = f"http://127.0.0.1:{port}/api/tts"
+        body = await prime(url, expected)
+        rate, client_cpu = await hammer(url, args.seconds, args.connections)
+    finally:
+        stop(server)
+    return body, rate, client_cpu
+
+
+async def measure_bare(body: bytes, args: argparse.Namespace) -> tuple[float, float]:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
+        handle.write(body)
+        handle.flush()
+        port = _free_port()
+        cmd = [sys.executable, "-m", "stress.bench_cache", "--bare-server", str(port), handle.name]
+        bare = subprocess.Popen(cmd, cwd=REPO)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/readyz", bare)
+            return await hammer(f"http://127.0.0.1:{port}/api/tts", args.seconds, args.connections)
+        finally:
+            stop(bare)
+
+
+async def run(args: argparse.Namespace) -> None:
+    body, l1_rate, l1_cpu = await measure_tier({"redis": '"off"'}, "hit-l1", args)
+    _, l2_rate, l2_cpu = await measure_tier({"l1_max_bytes": "0"}, "hit-l2", args)
+    bare_rate, bare_cpu = await measure_bare(body, args)
+    print(f"response body: {len(body)} bytes; {args.connections} connections, {args.seconds}s each")
+    print(f"{'path':<22} {'req/s':>8} {'/bare':>6} {'client CPU %':>13}")
+    for name, rate, cpu in (("bare aiohttp handler", bare_rate, bare_cpu),
+                            ("L1 hit (in-process)", l1_rate, l1_cpu),
+                            ("L2 hit (private Redis)", l2_rate, l2_cpu)):
+        print(f"{name:<22} {rate:8.0f} {rate / bare_rate:6.2f} {cpu:13.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="load duration per target")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "BODY_FILE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        serve_bare(int(args.bare_server[0]), args.bare_server[1])
+        return 0
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
