@@ -14,7 +14,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from stress import cli, plot
+from stress import arguments, cli, plot
 from stress.texts import SEED_TEXTS
 from tests.stress.conftest import StartServer
 from tests.stress.test_report import README, json_keys, make_report
@@ -46,7 +46,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 def env_without_token(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != cli.TOKEN_ENV}
+    env = {key: value for key, value in os.environ.items() if key != arguments.TOKEN_ENV}
     return {**env, **extra}
 
 
@@ -67,7 +67,7 @@ class Recorder:
 
 
 def test_every_scenario_and_option_has_help() -> None:
-    parser = cli.build_parser()
+    parser = arguments.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert tuple(subcommands.choices) == SCENARIOS
     for name, sub in subcommands.choices.items():
