@@ -11,7 +11,7 @@ from typing import TypeAlias, TypeVar
 from . import texts
 from .runner import ThinkTime
 
-T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # no public name
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "TTS_TOKEN"
@@ -24,27 +24,27 @@ one after another, prints a live status line on stderr and, at the end, a table 
 Targets http://127.0.0.1:8080 unless --url says otherwise. See stress/README.md."""
 
 
-def comma_list(convert: Callable[[str], T], name: str) -> Callable[[str], tuple[T, ...]]:
+def comma_list(convert: Callable[[str], Number], name: str) -> Callable[[str], tuple[Number, ...]]:
     """argparse type for "50,200,500": a non-empty tuple of positive values."""
 
-    def parse(text: str) -> tuple[T, ...]:
+    def parse(text: str) -> tuple[Number, ...]:
         try:
             values = tuple(convert(part) for part in text.split(",") if part.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{name}: expected a comma list, got {text!r}"
             ) from None
-        if not values or any(value <= 0 for value in values):  # type: ignore[operator]
+        if not values or any(value <= 0 for value in values):
             raise argparse.ArgumentTypeError(f"{name}: values must be positive, got {text!r}")
         return values
 
     return parse
 
 
-def positive(convert: Callable[[str], T]) -> Callable[[str], T]:
-    def parse(text: str) -> T:
+def positive(convert: Callable[[str], Number]) -> Callable[[str], Number]:
+    def parse(text: str) -> Number:
         value = convert(text)
-        if value <= 0:  # type: ignore[operator]
+        if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
         return value
 

@@ -135,7 +135,6 @@ class ResourceMonitor:
     def start(self) -> None:
         self._take()  # primes the CPU baselines; the first reading is not kept
         psutil.cpu_percent(interval=None)
-        self.samples.clear()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> list[ResourceSample]:

@@ -8,11 +8,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .client import TargetOptions
 from .runner import ClosedLoad, LevelResult, RunOptions, run_levels
 from .texts import BodyTemplate, unique_texts
 
+ROOT = Path(__file__).resolve().parent.parent  # so `-m stress.trivial_server` resolves anywhere
 GOAL_RPS = 1000.0
 STARTUP_TIMEOUT_S = 20.0
 
@@ -30,10 +32,11 @@ class SelftestOptions:
 async def trivial_server() -> AsyncIterator[tuple[str, int]]:
     """(base URL, pid) of `python -m stress.trivial_server`, stopped on exit."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stress.trivial_server", stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "stress.trivial_server", stdout=asyncio.subprocess.PIPE, cwd=ROOT
     )
+    assert process.stdout is not None
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)  # type: ignore[union-attr]
+        line = await asyncio.wait_for(process.stdout.readline(), STARTUP_TIMEOUT_S)
         if not line.strip().isdigit():
             raise RuntimeError("the trivial server did not start (no port on its stdout)")
         yield f"http://127.0.0.1:{int(line)}", process.pid
