@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import statistics
+import time
 
 from aiohttp import web
 
@@ -101,6 +102,25 @@ async def test_open_loop_overload_grows_latency_instead_of_dropping_the_rate(
     assert last > first + 1.5
     assert by_schedule[-1].latency_s > 2.0
     assert stats.qps < 15.0
+
+
+async def test_open_loop_latency_includes_the_clients_own_lateness(serve: StartServer) -> None:
+    served = 0
+
+    async def stalls_once(request: web.Request) -> web.Response:
+        nonlocal served
+        served += 1
+        if served == 3:
+            time.sleep(0.5)  # blocks the shared event loop: the dispatcher falls 0.5 s behind
+        return web.Response(body=b"ok")
+
+    result = await run_one(await serve(stalls_once), OpenLoad(20.0), duration_s=1.5)
+    late = [s for s in result.samples if s.sent_s - s.scheduled_s > 0.3]
+    assert len(result.samples) == 30
+    assert len(late) >= 4  # those due during the stall left late...
+    for sample in late:  # ...and their latency counts from when they were due, not sent
+        assert sample.latency_s >= sample.sent_s - sample.scheduled_s > 0.3
+        assert sample.done_s - sample.sent_s < sample.latency_s - 0.3
 
 
 async def test_open_loop_stops_at_max_requests(serve: StartServer) -> None:
