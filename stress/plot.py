@@ -55,8 +55,6 @@ def draw(report: RunReport, path: Path) -> None:
 def _series(samples: list[Any], elapsed_s: float, offset_s: float) -> dict[str, list[float]]:
     series: dict[str, list[float]] = {"t": [], "p50": [], "p95": [], "p99": [], "qps": []}
     for window in windows(samples, BUCKET_S, elapsed_s):
-        if window.end_s - window.start_s < BUCKET_S / 2:
-            continue  # a sliver at the end of a level: its rate would be noise
         series["t"].append(offset_s + (window.start_s + window.end_s) / 2)
         series["qps"].append(window.qps)
         latency = window.latency

@@ -137,16 +137,19 @@ class Window:
 
 
 def windows(samples: Iterable[Sample], width_s: float, elapsed_s: float) -> list[Window]:
-    """Fixed-width windows over the level by completion time; the last one may be shorter."""
+    """Fixed-width windows by completion time; a remainder under half a width joins the last."""
     if width_s <= 0:
         raise ValueError("window width must be positive")
     count = max(1, math.ceil(elapsed_s / width_s - 1e-9))
+    if count > 1 and elapsed_s - (count - 1) * width_s < width_s / 2:
+        count -= 1  # a sliver of a window would show a rate made of a handful of requests
     buckets: list[list[Sample]] = [[] for _ in range(count)]
     for sample in samples:
         buckets[min(int(sample.done_s // width_s), count - 1)].append(sample)
+    ends = [(index + 1) * width_s for index in range(count - 1)] + [elapsed_s]
     return [
-        _window(bucket, index * width_s, min((index + 1) * width_s, elapsed_s))
-        for index, bucket in enumerate(buckets)
+        _window(bucket, index * width_s, end)
+        for index, (bucket, end) in enumerate(zip(buckets, ends, strict=True))
     ]
 
 

@@ -138,6 +138,13 @@ def test_windows_bucket_by_completion_and_the_last_may_be_short() -> None:
     assert [w.qps for w in result] == [1.0, 2.0, 0.0]
 
 
+def test_a_short_remainder_joins_the_last_window() -> None:
+    result = windows([ok(0.5), ok(2.1), ok(2.2)], width_s=1.0, elapsed_s=2.3)
+    assert [(w.start_s, w.end_s, w.requests) for w in result] == [(0.0, 1.0, 1), (1.0, 2.3, 2)]
+    assert result[1].qps == pytest.approx(2 / 1.3)
+    assert len(windows([ok(0.1)], width_s=10.0, elapsed_s=1.0)) == 1
+
+
 def test_windows_cover_an_exact_multiple_without_an_empty_tail() -> None:
     assert len(windows([ok(0.5)], width_s=1.0, elapsed_s=3.0)) == 3
     assert len(windows([], width_s=10.0, elapsed_s=0.0)) == 1
