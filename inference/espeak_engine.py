@@ -243,8 +243,9 @@ def _is_data_dir(path: Path) -> bool:
     return (path / "phontab").is_file() and (path / "voices").is_dir()
 
 
-def locate_library() -> tuple[str, str, str]:
-    """(library path, data directory, source): espeakng-loader first, else the system's."""
+def library_candidates() -> list[tuple[str, str, str]]:
+    """(library, data directory, source) to try in order: espeakng-loader, then the system's."""
+    found = []
     try:
         import espeakng_loader
     except ImportError:
@@ -252,20 +253,23 @@ def locate_library() -> tuple[str, str, str]:
     else:
         library, data = espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
         if Path(library).is_file() and _is_data_dir(Path(data)):
-            return library, data, "espeakng-loader"
-        LOG.warning("espeakng-loader ships no usable library/data at %s, %s", library, data)
+            found.append((library, data, "espeakng-loader"))
+        else:
+            LOG.warning("espeakng-loader ships no usable library/data: %s, %s", library, data)
     library = ctypes.util.find_library("espeak-ng")
-    if library is None:
-        raise EspeakError(
-            "no espeak-ng library: install the espeakng-loader wheel "
-            "(or Debian's libespeak-ng1 and espeak-ng-data)"
-        )
-    candidates = [os.environ.get("ESPEAK_DATA_PATH", ""), *_SYSTEM_DATA_DIRS]
-    for candidate in filter(None, candidates):
-        for path in (Path(candidate), Path(candidate) / "espeak-ng-data"):
-            if _is_data_dir(path):
-                return library, str(path), "system"
-    raise EspeakError(f"found {library} but no espeak-ng-data directory (set ESPEAK_DATA_PATH)")
+    if library is not None:
+        dirs = [os.environ.get("ESPEAK_DATA_PATH", ""), *_SYSTEM_DATA_DIRS]
+        for candidate in filter(None, dirs):
+            data = next(
+                (p for p in (Path(candidate), Path(candidate) / "espeak-ng-data") if _is_data_dir(p)),
+                None,
+            )
+            if data is not None:
+                found.append((library, str(data), "system"))
+                break
+        else:
+            LOG.warning("found %s but no espeak-ng-data directory (set ESPEAK_DATA_PATH)", library)
+    return found
 
 
 def _cache_root() -> Path:
@@ -431,8 +435,23 @@ _LOCK = threading.RLock()
 _LIBRARY: EspeakLibrary | None = None
 
 
+def _first_working_library() -> EspeakLibrary:
+    failures = []
+    for library, data, source in library_candidates():
+        try:
+            return EspeakLibrary(library, data, source)
+        except (EspeakError, OSError) as exc:
+            LOG.warning("espeak-ng from %s (%s) unusable: %s", library, source, exc)
+            failures.append(f"{source}: {exc}")
+    raise EspeakError(
+        "no usable espeak-ng library: install the espeakng-loader wheel "
+        "(or Debian's libespeak-ng1 and espeak-ng-data)"
+        + (f" [{'; '.join(failures)}]" if failures else "")
+    )
+
+
 def get_library(library_path: str | None = None, data_path: str | None = None) -> EspeakLibrary:
-    """The process-wide library, initialized on first use (explicit paths or locate_library)."""
+    """The process-wide library, initialized on first use (explicit paths, else the first of library_candidates() that loads)."""
     global _LIBRARY
     with _LOCK:
         if _LIBRARY is None:
@@ -441,7 +460,7 @@ def get_library(library_path: str | None = None, data_path: str | None = None) -
             elif library_path or data_path:
                 raise EspeakError("give both library_path and data_path, or neither")
             else:
-                _LIBRARY = EspeakLibrary(*locate_library())
+                _LIBRARY = _first_working_library()
         elif library_path and Path(library_path).resolve() != Path(
             _LIBRARY.library_path
         ).resolve():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -374,3 +375,38 @@ def test_engine_does_not_import_onnxruntime_or_piper():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_wheel_comes_before_the_system_library():
+    candidates = ee.library_candidates()
+    assert candidates[0][2] == "espeakng-loader"
+    assert all(source in ("espeakng-loader", "system") for _, _, source in candidates)
+
+
+FALLBACK_CHILD = """
+import sys
+sys.modules["espeakng_loader"] = None  # as if the wheel were not installed
+from inference import espeak_engine as ee
+try:
+    voice = ee.EspeakVoice.load("espeak-zh-female")
+except ee.EspeakError as exc:
+    print("error:", exc)
+else:
+    audio = voice.synthesize_unit("人工智能正在改变我们的生活方式。")
+    print("ok:", ee.get_library().source, audio.size, int(abs(audio.astype(int)).max()))
+"""
+
+
+def test_without_the_wheel_the_system_library_or_a_clear_error(tmp_path):
+    import ctypes.util
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TTS_ESPEAK_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", FALLBACK_CHILD], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    if ctypes.util.find_library("espeak-ng") is None:
+        assert out.startswith("error: no usable espeak-ng library: install the espeakng-loader")
+    else:  # e.g. Debian's libespeak-ng1 1.51 + espeak-ng-data
+        status, source, size, peak = out.split()
+        assert (status, source) == ("ok:", "system")
+        assert int(size) > 2 * SR and int(peak) > PEAK_MIN
