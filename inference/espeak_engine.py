@@ -38,6 +38,7 @@ sonic time-stretcher; speed is clamped to [0.25, 4.0] first (175 wpm * 4 = 700 w
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import hashlib
@@ -86,7 +87,10 @@ CALLBACK_BUFFER_MS = 200
 MAX_DATA_PATH_CHARS = 120
 
 STEADY_VARIANT = "tts-steady"
-_STEADY_LINES = b"\n// tts-server: no pitch flutter, no roughness (repeatable audio)\nflutter 0\nroughness 8\n"
+_STEADY_LINES = (
+    b"\n// tts-server: no pitch flutter, no roughness (repeatable audio)\n"
+    b"flutter 0\nroughness 8\n"
+)
 _OVERLAY_VERSION = b"1"
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,30}")
 
@@ -261,7 +265,8 @@ def library_candidates() -> list[tuple[str, str, str]]:
         dirs = [os.environ.get("ESPEAK_DATA_PATH", ""), *_SYSTEM_DATA_DIRS]
         for candidate in filter(None, dirs):
             data = next(
-                (p for p in (Path(candidate), Path(candidate) / "espeak-ng-data") if _is_data_dir(p)),
+                (p for p in (Path(candidate), Path(candidate) / "espeak-ng-data")
+                 if _is_data_dir(p)),
                 None,
             )
             if data is not None:
@@ -303,35 +308,55 @@ def _fill_overlay(source: Path, target: Path) -> None:
     (variants / STEADY_VARIANT).write_bytes(_steady(header))
 
 
+def _source_fingerprint(source: Path) -> bytes:
+    """What the overlay depends on: the source's entries and its variant files' stat."""
+    parts = [str(source), *sorted(p.name for p in source.iterdir())]
+    parts += sorted(p.name for p in (source / "voices").iterdir())
+    stock = source / "voices" / "!v"
+    for entry in sorted(stock.iterdir()) if stock.is_dir() else ():
+        info = entry.stat()
+        parts.append(f"{entry.name}:{info.st_size}:{info.st_mtime_ns}")
+    return "\0".join(parts).encode()
+
+
+def _private_overlay(source: Path) -> Path:
+    building = Path(tempfile.mkdtemp(prefix="tts-espeak-data-"))
+    atexit.register(shutil.rmtree, building, ignore_errors=True)
+    _fill_overlay(source, building)
+    return building
+
+
 def build_overlay(source: str | Path, root: Path | None = None) -> Path:
     """A data directory like `source` whose variants are all steady (see the module doc).
 
-    Kept under the cache directory, keyed by the source path and this module's variant
-    text, built in a temporary directory and renamed into place (safe against concurrent
-    workers). If the cache is not writable, a private temporary directory is used.
+    Kept under the cache directory, keyed by the source's path, listing and variant files
+    and by this module's variant text; built in a temporary directory and renamed into
+    place (safe against concurrent workers). Where the cache cannot be used, a private
+    temporary directory is built instead (removed at exit).
     """
     source = Path(source).resolve()
-    key = hashlib.sha256(str(source).encode() + b"\0" + _OVERLAY_VERSION + _STEADY_LINES)
+    key = hashlib.sha256(_source_fingerprint(source) + _OVERLAY_VERSION + _STEADY_LINES)
     root = root or _cache_root()
     target = root / f"espeak-data-{key.hexdigest()[:16]}"
     marker = target / "voices" / "!v" / STEADY_VARIANT
-    if marker.is_file() and target.stat().st_uid == os.getuid():
-        return target
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    except OSError as exc:
-        LOG.warning("cache %s not writable (%s); espeak data overlay in a temp dir", root, exc)
-        building = Path(tempfile.mkdtemp(prefix="tts-espeak-data-"))
-        _fill_overlay(source, building)
-        return building
-    try:
-        _fill_overlay(source, building)
-        os.rename(building, target)
-    except OSError:
-        shutil.rmtree(building, ignore_errors=True)
-        if not marker.is_file():  # not a lost race: something else is wrong
-            raise
+    if not marker.is_file():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        except OSError as exc:
+            LOG.warning("cache %s not writable (%s); espeak data in a temp dir", root, exc)
+            return _private_overlay(source)
+        try:
+            _fill_overlay(source, building)
+            os.rename(building, target)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            if not marker.is_file():  # not just a race lost to another worker
+                LOG.warning("cannot build %s (%s); espeak data in a temp dir", target, exc)
+                return _private_overlay(source)
+    if target.stat().st_uid != os.getuid():
+        LOG.warning("%s belongs to another user; espeak data in a temp dir", target)
+        return _private_overlay(source)
     return target
 
 
@@ -386,7 +411,8 @@ class EspeakLibrary:
             raise EspeakError(f"espeak_Initialize({self.data_path}) returned {rate}")
         self.sample_rate = rate
         self.version = (self._lib.espeak_Info(None) or b"?").decode()
-        self.variants = frozenset(p.name for p in (Path(self.data_path) / "voices" / "!v").iterdir())
+        variants_dir = Path(self.data_path) / "voices" / "!v"
+        self.variants = frozenset(p.name for p in variants_dir.iterdir())
         self._chunks: list[bytes] = []
         self._callback_error: BaseException | None = None
         self._callback = _CALLBACK(self._collect)  # referenced for as long as the library
@@ -451,7 +477,10 @@ def _first_working_library() -> EspeakLibrary:
 
 
 def get_library(library_path: str | None = None, data_path: str | None = None) -> EspeakLibrary:
-    """The process-wide library, initialized on first use (explicit paths, else the first of library_candidates() that loads)."""
+    """The process-wide library, initialized on first use.
+
+    From the explicit paths, else from the first of library_candidates() that loads.
+    """
     global _LIBRARY
     with _LOCK:
         if _LIBRARY is None:

@@ -273,7 +273,9 @@ def test_split_sentences():
     assert split_sentences("One. Two! Three? Pi is 3.14 and v2.0 ships.") == [
         "One.", "Two!", "Three?", "Pi is 3.14 and v2.0 ships.",
     ]
-    assert split_sentences("他说：“你好。”然后走了。好！") == ["他说：“你好。”", "然后走了。", "好！"]
+    assert split_sentences("他说：“你好。”然后走了。好！") == [
+        "他说：“你好。”", "然后走了。", "好！",
+    ]
     assert split_sentences("line one\nline two\n\nnext para") == [
         "line one line two", "next para",
     ]
@@ -410,3 +412,24 @@ def test_without_the_wheel_the_system_library_or_a_clear_error(tmp_path):
         status, source, size, peak = out.split()
         assert (status, source) == ("ok:", "system")
         assert int(size) > 2 * SR and int(peak) > PEAK_MIN
+
+
+def test_overlay_follows_changes_of_its_source(tmp_path):
+    import espeakng_loader
+
+    shipped = Path(espeakng_loader.get_data_path())
+    source = tmp_path / "source"
+    (source / "voices" / "!v").mkdir(parents=True)
+    for entry in shipped.iterdir():
+        if entry.name != "voices":
+            (source / entry.name).symlink_to(entry)
+    (source / "voices" / "!v" / "f3").write_bytes((shipped / "voices" / "!v" / "f3").read_bytes())
+    first = ee.build_overlay(source, root=tmp_path / "cache")
+    (source / "xx_dict").write_bytes(b"new data")
+    second = ee.build_overlay(source, root=tmp_path / "cache")
+    assert second != first and (second / "xx_dict").read_bytes() == b"new data"
+    (source / "voices" / "!v" / "f3").write_bytes(b"language variant\nname changed\n")
+    third = ee.build_overlay(source, root=tmp_path / "cache")
+    assert third not in (first, second)
+    variant = (third / "voices" / "!v" / "f3").read_bytes()
+    assert variant.startswith(b"language variant\nname changed")
