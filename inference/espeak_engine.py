@@ -83,7 +83,7 @@ POS_CHARACTER = 1
 ESPEAK_RATE = 1
 EE_OK = 0
 CALLBACK_BUFFER_MS = 200
-# espeak-ng's path_home is char[160] on some builds; leave room for "/voices/!v/NAME".
+# espeak-ng 1.52 keeps the data path in char[160] (POSIX); leave room for "/voices/!v/NAME".
 MAX_DATA_PATH_CHARS = 120
 
 STEADY_VARIANT = "tts-steady"
@@ -401,6 +401,8 @@ class EspeakLibrary:
         _bind(self._lib)
         self._libc = ctypes.CDLL(None)
         self.data_path = str(build_overlay(data_path))
+        if len(self.data_path) > MAX_DATA_PATH_CHARS:  # a long cache path: try /tmp
+            self.data_path = str(_private_overlay(Path(data_path).resolve()))
         if len(self.data_path) > MAX_DATA_PATH_CHARS:
             raise EspeakError(f"espeak data path too long for espeak-ng: {self.data_path}")
         rate = self._lib.espeak_Initialize(
