@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import struct
 from collections.abc import AsyncIterator
@@ -338,3 +339,12 @@ def test_bench_cli_prints_a_row_per_format(capsys):
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == set(FORMATS)
     assert all(float(rows[name][-5]) > 0 for name in ("mp3", "opus", "aac"))  # ms of CPU
+
+
+@pytest.mark.parametrize("name", ["mp3", "opus", "aac", "flac"])
+def test_an_abandoned_encoder_is_released_quietly(name):
+    """A client that disconnects mid-stream leaves an unfinished encoder to the collector."""
+    encoder = open_encoder(name, RATE)
+    assert encoder.feed(SPEECH[: RATE // 2].tobytes())
+    del encoder
+    gc.collect()
