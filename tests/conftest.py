@@ -27,10 +27,14 @@ def running_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """Factory: start a server with config overrides, wait until ready; stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def start(overrides: dict[str, dict[str, Any]] | None = None, wait: bool = True) -> ServerProcess:
+    def start(
+        overrides: dict[str, dict[str, Any]] | None = None,
+        wait: bool = True,
+        probe_token: str = "",
+    ) -> ServerProcess:
         index = len(started)
         config = write_config(tmp_path / f"server{index}.toml", merged(overrides))
-        server = ServerProcess(config, tmp_path / f"server{index}.log")
+        server = ServerProcess(config, tmp_path / f"server{index}.log", probe_token)
         started.append(server)
         if wait:
             server.wait_ready()

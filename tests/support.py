@@ -33,6 +33,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
         return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
 
 
@@ -58,15 +60,24 @@ def merged(overrides: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, A
     """The repository's config.toml, then the test defaults, then the test's overrides."""
     sections = tomllib.loads((REPO / "config.toml").read_text(encoding="utf-8"))
     for layer in (TEST_SECTIONS, overrides or {}):
-        for name, values in layer.items():
-            sections.setdefault(name, {}).update(values)
+        deep_update(sections, layer)
     return sections
+
+
+def deep_update(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Tables merge key by key (so one tier can change alone); other values replace."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
 
 
 class ServerProcess:
     """`python -m tts_server` as a child process, as ./run.sh would start it."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
+    def __init__(self, config_path: Path, log_path: Path, probe_token: str = "") -> None:
+        self.probe_headers = {"Authorization": f"Bearer {probe_token}"} if probe_token else {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -92,7 +103,8 @@ class ServerProcess:
 
     def get_status(self, path: str) -> int | None:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+            request = urllib.request.Request(self.url + path, headers=self.probe_headers)
+            with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status
         except urllib.error.HTTPError as exc:
             return exc.code

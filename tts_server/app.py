@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from inference import protocol
@@ -13,10 +14,12 @@ from inference.pool import InferencePool, PoolOptions
 
 from . import keys
 from .cache import AudioCache, MemoryLRU, RedisTier
-from .config import CacheSettings, Settings
+from .config import CacheSettings, ConfigError, Settings
 from .errors import TTSError
 from .handlers import setup_routes
-from .middlewares import MIDDLEWARES
+from .gateway import Gateway
+from .middlewares import MIDDLEWARES, add_request_headers
+from .ratelimit import RedisLimiter
 from .redis_server import RedisProcess, find_redis_server
 from .schema import parse_tts_request
 from .speech import SpeechService
@@ -92,6 +95,8 @@ async def cache_context(app: web.Application) -> AsyncIterator[None]:
     cache = None
     if settings.enabled:
         url = await _redis_url(settings, app)
+        if url is not None:
+            app[keys.REDIS_URL] = url
         l2 = None
         if url is not None:
             l2 = RedisTier.from_url(url, settings.ttl_s, settings.redis_timeout_ms / 1000,
@@ -108,6 +113,26 @@ async def cache_context(app: web.Application) -> AsyncIterator[None]:
         await cache.close()
     if PRIVATE_REDIS in app:
         app[PRIVATE_REDIS].stop()
+
+
+async def gateway_context(app: web.Application) -> AsyncIterator[None]:
+    """Tokens and limiter; with limits.backend = "redis" one limit spans every instance."""
+    settings = app[keys.SETTINGS]
+    limits = settings.limits
+    client = None
+    redis_limiter = None
+    if limits.enabled and limits.backend == "redis":
+        url = app.get(keys.REDIS_URL) if limits.redis == "cache" else limits.redis
+        if url is None:
+            raise ConfigError('limits.backend = "redis" needs a Redis (cache.redis or limits.redis)')
+        timeout_s = limits.redis_timeout_ms / 1000
+        client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
+                                         socket_connect_timeout=timeout_s)
+        redis_limiter = RedisLimiter(client, timeout_s)
+    app[keys.GATEWAY] = Gateway(settings, redis_limiter)
+    yield
+    if client is not None:
+        await client.aclose()
 
 
 async def warm_up(app: web.Application) -> None:
@@ -136,5 +161,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.RUN_STATE] = keys.RunState()
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)
+    app.cleanup_ctx.append(gateway_context)
+    app.on_response_prepare.append(add_request_headers)
     setup_routes(app)
     return app

@@ -30,10 +30,6 @@ def _require(condition: bool, message: str) -> None:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    # Required to bind a non-loopback address without an API token.
-    allow_anonymous: bool = False
-    # Optional single static bearer token; empty means none.
-    api_token: str = ""
     max_body_bytes: int = 256 * 1024
     drain_timeout_s: float = 30.0
     # Whole-request deadline for synthesis; past it the client gets 503.
@@ -165,6 +161,113 @@ class CacheSettings:
         return self.redis if self.redis in ("private", "off") else "url"
 
 
+ACCESS_POLICIES = ("open", "token", "loopback")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """One API token, stored only as the SHA-256 hex of its value."""
+
+    name: str
+    sha256: str
+    tier: str = "standard"
+    # Per-token overrides of the tier's limits; None keeps the tier's.
+    requests_per_s: float | None = None
+    burst: int | None = None
+    chars_per_min: int | None = None
+
+    def __post_init__(self) -> None:
+        digest = self.sha256.lower()
+        _require(
+            len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+            f"token {self.name!r}: sha256 must be 64 hex characters",
+        )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    # Anonymous access with no token. With no token configured at all, a loopback-only
+    # server is anonymous anyway (a fresh ./run.sh just works); any other address refuses
+    # to start unless this is true.
+    allow_anonymous: bool = False
+    anonymous_tier: str = "anonymous"
+    tokens: tuple[TokenSettings, ...] = ()
+    # TOML file with more [[tokens]]; re-read on SIGHUP (revocation without restart).
+    tokens_file: str = ""
+    # X-Forwarded-For is believed only from these peer addresses.
+    trusted_proxies: tuple[str, ...] = ()
+    # Who may reach the web page, /healthz + /readyz, and /metrics: open | token | loopback.
+    web_access: str = "open"
+    probe_access: str = "open"
+    metrics_access: str = "loopback"
+
+    def __post_init__(self) -> None:
+        for name in ("web_access", "probe_access", "metrics_access"):
+            value = getattr(self, name)
+            _require(value in ACCESS_POLICIES, f"auth.{name} must be one of {ACCESS_POLICIES}")
+        for address in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ConfigError(f"auth.trusted_proxies: {address!r} is not an address")
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.tokens or self.tokens_file)
+
+
+FEATURES = ("tts", "stream", "jobs")
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    requests_per_s: float = 5.0
+    burst: int = 10
+    chars_per_min: int = 20_000
+    # Characters that may be spent at once; 0 = a full minute's quota.
+    chars_burst: int = 0
+    features: tuple[str, ...] = ("tts", "stream")
+
+    def __post_init__(self) -> None:
+        _require(self.requests_per_s > 0, "tier requests_per_s must be > 0")
+        _require(self.burst >= 1, "tier burst must be >= 1")
+        _require(self.chars_per_min >= 1, "tier chars_per_min must be >= 1")
+        unknown = set(self.features) - set(FEATURES)
+        _require(not unknown, f"unknown tier feature(s) {sorted(unknown)}; known: {FEATURES}")
+
+    @property
+    def chars_capacity(self) -> int:
+        return self.chars_burst or self.chars_per_min
+
+
+def _default_tiers() -> dict[str, TierSettings]:
+    return {
+        "vip": TierSettings(50.0, 100, 500_000, 0, FEATURES),
+        "standard": TierSettings(10.0, 20, 50_000, 0, FEATURES),
+        "anonymous": TierSettings(20.0, 100, 200_000, 0, ("tts", "stream")),
+    }
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    enabled: bool = True
+    # "memory": per instance; "redis": one limit shared by every instance (atomic Lua).
+    backend: str = "memory"
+    # With backend = "redis": "cache" uses the cache's Redis, or give a redis:// URL.
+    redis: str = "cache"
+    redis_timeout_ms: int = 50
+    # Redis unreachable: "local" falls back to this instance's limiter, "open" lets
+    # requests through, "closed" answers 503.
+    on_redis_error: str = "local"
+    tiers: Mapping[str, TierSettings] = field(default_factory=_default_tiers)
+
+    def __post_init__(self) -> None:
+        _require(self.backend in ("memory", "redis"), "limits.backend must be memory or redis")
+        _require(self.on_redis_error in ("local", "open", "closed"),
+                 "limits.on_redis_error must be local, open or closed")
+        _require(bool(self.tiers), "limits.tiers must define at least one tier")
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -173,13 +276,26 @@ class Settings:
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     voices: VoiceSettings = field(default_factory=VoiceSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     def __post_init__(self) -> None:
-        anonymous_ok = self.server.allow_anonymous or bool(self.server.api_token)
+        guarded = self.auth.allow_anonymous or self.auth.has_tokens
         _require(
-            self.server.binds_loopback_only or anonymous_ok,
-            f"refusing to serve on {self.server.host} without an API token: set server.api_token"
-            " or server.allow_anonymous = true explicitly",
+            self.server.binds_loopback_only or guarded,
+            f"refusing to serve on {self.server.host} without an API token: add [[auth.tokens]]"
+            " (python -m tts_server new-token) or set auth.allow_anonymous = true explicitly",
+        )
+        tiers = self.limits.tiers
+        for token in self.auth.tokens:
+            _require(token.tier in tiers, f"token {token.name!r}: unknown tier {token.tier!r}")
+        _require(self.auth.anonymous_tier in tiers,
+                 f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not in limits.tiers")
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        return self.auth.allow_anonymous or (
+            not self.auth.has_tokens and self.server.binds_loopback_only
         )
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:
@@ -194,24 +310,31 @@ def _as_dict(settings: Settings) -> dict[str, dict[str, Any]]:
     return {f.name: dict(vars(getattr(settings, f.name))) for f in dataclasses.fields(settings)}
 
 
-def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
-    """Check one value against its annotation; ints are accepted where floats are."""
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check a value against its annotation, building nested dataclasses, tuples and tables."""
     origin = typing.get_origin(annotation)
     if origin in (types.UnionType, typing.Union):
         if value is None:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        _require(isinstance(value, Mapping), f"{path} must be a table")
+        return _build_section(path, annotation, value)
     if origin is tuple:
-        _require(isinstance(value, list | tuple), f"{section}.{key} must be a list")
-        return tuple(value)
+        _require(isinstance(value, list | tuple), f"{path} must be a list")
+        item = typing.get_args(annotation)[0]
+        return tuple(_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
     if origin is not None and issubclass(origin, Mapping):
-        _require(isinstance(value, Mapping), f"{section}.{key} must be a table")
-        return {str(k): str(v) for k, v in value.items()}
+        _require(isinstance(value, Mapping), f"{path} must be a table")
+        item = typing.get_args(annotation)[1]
+        return {str(k): _coerce(f"{path}.{k}", v, item) for k, v in value.items()}
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
-    _require(ok, f"{section}.{key} must be {annotation.__name__}, got {value!r}")
+    _require(ok, f"{path} must be {annotation.__name__}, got {value!r}")
     return value
 
 
@@ -220,7 +343,7 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     _require(not unknown, f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
-    kwargs = {k: _coerce(section, k, v, hints[k]) for k, v in values.items()}
+    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
 
 

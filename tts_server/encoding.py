@@ -89,8 +89,9 @@ class _Resampler:
 class StreamEncoder(ABC):
     """One continuous encoder per response; use it from one thread at a time.
 
-    feed() returns the encoded bytes available so far, finish() the rest; nothing is global,
-    so encoders for different responses can run in parallel threads.
+    feed() returns the encoded bytes available so far, finish() the rest. Nothing is shared
+    between encoders, so a bounded thread pool can run many; PyAV drops the GIL inside each
+    codec call but holds it between codec frames (20-50 ms of audio each).
     """
 
     def __init__(self, fmt: AudioFormat, source_rate: int, output_rate: int) -> None:
@@ -352,7 +353,10 @@ def encode_whole(format_name: str, pcm: bytes, source_rate: int) -> bytes:
 async def encode_in_executor(
     executor: Executor | None, encoder: StreamEncoder, pcm: bytes | None
 ) -> bytes:
-    """encoder.feed(pcm), or encoder.finish() for None, on a worker thread, off the event loop."""
+    """encoder.feed(pcm), or encoder.finish() for None, on `executor`, off the event loop.
+
+    Pass a bounded ThreadPoolExecutor shared by all responses (about one worker per core).
+    """
     loop = asyncio.get_running_loop()
     if pcm is None:
         return await loop.run_in_executor(executor, encoder.finish)

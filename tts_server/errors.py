@@ -53,3 +53,15 @@ class ServiceUnavailable(TTSError):
 
     status = 503
     code = "unavailable"
+
+
+class Forbidden(TTSError):
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(TTSError):
+    """Rate limited: sent with Retry-After and the X-RateLimit-* headers."""
+
+    status = 429
+    code = "rate_limited"

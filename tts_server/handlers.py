@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import keys
 from .audio import duration_s, wav_header
+from .gateway import IDENTITY
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .schema import SynthesisRequest, parse_tts_request
 from .speech import Speech
@@ -63,6 +64,7 @@ def _audio_headers(req: SynthesisRequest, speech: Speech) -> dict[str, str]:
 async def tts(request: web.Request) -> web.StreamResponse:
     app = request.app
     req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
+    await _admit_synthesis(request, req)
     service = app[keys.SPEECH]
     speech = await service.speak(req, service.key_for(req, app[keys.SETTINGS].cache.namespace))
     if req.stream:
@@ -74,6 +76,16 @@ async def tts(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers)
 
 
+async def _admit_synthesis(request: web.Request, req: SynthesisRequest) -> None:
+    """Tier features and the character quota, once the text is known."""
+    gateway = request.app[keys.GATEWAY]
+    identity = request[IDENTITY]
+    gateway.require_feature(identity, "tts")
+    if req.stream:
+        gateway.require_feature(identity, "stream")
+    await gateway.charge_chars(request, len(req.text))
+
+
 async def _stream_audio(
     request: web.Request, req: SynthesisRequest, speech: Speech
 ) -> web.StreamResponse:
@@ -82,7 +94,6 @@ async def _stream_audio(
     async for chunk in speech.chunks:
         if response is None:
             response = web.StreamResponse(headers=_audio_headers(req, speech))
-            response.headers["X-Request-Id"] = request["request_id"]
             response.enable_chunked_encoding()
             await response.prepare(request)
             if req.audio_format == "wav":

@@ -9,6 +9,7 @@ from aiohttp import web
 from inference.pool import InferencePool
 
 from .config import Settings
+from .gateway import Gateway
 from .speech import SpeechService
 from .synthesis import Synthesizer
 from .voices import VoiceRegistry
@@ -27,3 +28,6 @@ POOL = web.AppKey("pool", InferencePool)
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
 RUN_STATE = web.AppKey("run_state", RunState)
 SPEECH = web.AppKey("speech", SpeechService)
+GATEWAY = web.AppKey("gateway", Gateway)
+# The Redis the cache uses (private or external), shared with the rate limiter.
+REDIS_URL = web.AppKey("redis_url", str)

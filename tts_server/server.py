@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import keys
 from .app import create_app
-from .config import Settings
+from .config import ConfigError, Settings
 
 LOG = logging.getLogger("tts.server")
 FORCED_EXIT_CODE = 130
@@ -29,8 +29,12 @@ class SignalRecorder:
     def __init__(self) -> None:
         self.received: list[int] = []
         self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
 
     def record(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+            return
         self.received.append(signum)
         if len(self.received) > 1:
             LOG.warning("second signal: exiting now")
@@ -39,7 +43,7 @@ class SignalRecorder:
         self.stop_requested.set()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, self.record, signum)
 
 
@@ -58,10 +62,23 @@ async def serve(settings: Settings, signals: SignalRecorder | None = None) -> No
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
     await site.start()
     LOG.info("serving on http://%s:%d", settings.server.host, settings.server.port)
+    reloader = asyncio.get_running_loop().create_task(reload_on_sighup(app, signals))
     await signals.stop_requested.wait()
+    reloader.cancel()
     app[keys.RUN_STATE].draining = True
     await runner.cleanup()  # stop listening, drain in-flight, then the pool's cleanup
     LOG.info("stopped")
+
+
+async def reload_on_sighup(app: web.Application, signals: SignalRecorder) -> None:
+    """SIGHUP re-reads auth.tokens_file: revoked tokens stop working without a restart."""
+    while True:
+        await signals.reload_requested.wait()
+        signals.reload_requested.clear()
+        try:
+            app[keys.GATEWAY].tokens.reload()
+        except ConfigError as exc:
+            LOG.error("token reload failed, keeping the old tokens: %s", exc)
 
 
 def run(settings: Settings) -> None:

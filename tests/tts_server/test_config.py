@@ -20,11 +20,11 @@ def test_repository_config_loads_with_documented_defaults():
 
 
 def test_environment_overrides_use_section_double_underscore_key():
-    environ = {"TTS_POOL__WORKERS": "3", "TTS_SERVER__API_TOKEN": "s3cret", "OTHER": "x"}
-    assert env_overrides(environ) == {"pool": {"workers": 3}, "server": {"api_token": "s3cret"}}
+    environ = {"TTS_POOL__WORKERS": "3", "TTS_CACHE__REDIS": "off", "OTHER": "x"}
+    assert env_overrides(environ) == {"pool": {"workers": 3}, "cache": {"redis": "off"}}
     settings = load_settings(REPO_CONFIG, environ=environ)
     assert settings.pool.workers == 3
-    assert settings.server.api_token == "s3cret"
+    assert settings.cache.redis == "off"
 
 
 @pytest.mark.parametrize(
@@ -49,10 +49,39 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path):
     path.write_text('[server]\nhost = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match="without an API token"):
         load_settings(path, environ={})
-    path.write_text('[server]\nhost = "0.0.0.0"\nallow_anonymous = true\n')
-    assert load_settings(path, environ={}).server.host == "0.0.0.0"
-    path.write_text('[server]\nhost = "0.0.0.0"\napi_token = "t"\n')
-    assert load_settings(path, environ={}).server.api_token == "t"
+    path.write_text('[server]\nhost = "0.0.0.0"\n[auth]\nallow_anonymous = true\n')
+    assert load_settings(path, environ={}).anonymous_allowed
+    digest = "ab" * 32
+    path.write_text(f'[server]\nhost = "0.0.0.0"\n[[auth.tokens]]\nname = "t"\nsha256 = "{digest}"\n')
+    settings = load_settings(path, environ={})
+    assert settings.auth.tokens[0].tier == "standard"
+    assert not settings.anonymous_allowed
+
+
+def test_loopback_server_without_tokens_is_anonymous(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    assert load_settings(path, environ={}).anonymous_allowed
+    path.write_text(f'[[auth.tokens]]\nname = "t"\nsha256 = "{"cd" * 32}"\n')
+    assert not load_settings(path, environ={}).anonymous_allowed
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[[auth.tokens]]\nname = "t"\nsha256 = "short"\n', "sha256 must be 64 hex"),
+        (f'[[auth.tokens]]\nname = "t"\ntier = "gold"\nsha256 = "{"a" * 64}"\n', "unknown tier 'gold'"),
+        ('[limits.tiers.x]\nfeatures = ["fly"]\n', "unknown tier feature"),
+        ('[auth]\nmetrics_access = "everyone"\n', "auth.metrics_access"),
+        ('[auth]\ntrusted_proxies = ["nope"]\n', "trusted_proxies"),
+        ('[limits.tiers.vip]\nburst = "lots"\n', "limits.tiers.vip.burst must be int"),
+    ],
+)
+def test_bad_auth_and_limit_settings_fail_fast(tmp_path, toml, message):
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path, environ={})
 
 
 def test_alias_to_unknown_voice_is_a_startup_error(tmp_path):

@@ -1,0 +1,169 @@
+"""The gateway in front of every route: who is calling, may they, and how often.
+
+Rejections are cheap: authentication and the requests-per-second limit run before the
+body is read; the characters-per-minute limit runs once the text is known.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from . import keys
+from .auth import ClientAddress, Identity, TokenStore, bearer_token, is_loopback
+from .config import Settings, TierSettings
+from .errors import Forbidden, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unauthorized
+from .ratelimit import Decision, LocalLimiter, Rate, RedisLimiter
+
+LOG = logging.getLogger("tts.gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+IDENTITY = "identity"
+RATE_DECISION = "rate_decision"
+API_PREFIXES = ("/api/", "/v1/")
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
+
+
+class Gateway:
+    def __init__(self, settings: Settings, redis_limiter: RedisLimiter | None = None) -> None:
+        self.settings = settings
+        self.tiers = settings.limits.tiers
+        self.tokens = TokenStore(settings.auth, set(self.tiers))
+        self.addresses = ClientAddress(settings.auth.trusted_proxies)
+        self.local = LocalLimiter()
+        self.redis = redis_limiter
+        self.rejections: collections.Counter[str] = collections.Counter()
+
+    # ---- who ---------------------------------------------------------------------------
+
+    def identify(self, request: web.Request) -> Identity:
+        presented = bearer_token(request)
+        if presented is not None:
+            token = self.tokens.find(presented)
+            if token is None:
+                self._reject("unauthorized")
+                raise Unauthorized("unknown or revoked token", code="invalid_token")
+            return Identity(token.name, token.tier, f"token:{token.name}", token)
+        if not self.settings.anonymous_allowed:
+            self._reject("unauthorized")
+            raise Unauthorized("a bearer token is required", code="missing_token")
+        address = self.addresses.of(request)
+        return Identity(f"anonymous@{address}", self.settings.auth.anonymous_tier, f"ip:{address}")
+
+    def tier(self, identity: Identity) -> TierSettings:
+        return self.tiers[identity.tier]
+
+    def require_feature(self, identity: Identity, feature: str) -> None:
+        if feature not in self.tier(identity).features:
+            self._reject("forbidden")
+            raise Forbidden(f"tier {identity.tier!r} may not use {feature!r}",
+                            code="feature_not_allowed")
+
+    # ---- how often ---------------------------------------------------------------------
+
+    def request_rate(self, identity: Identity) -> Rate:
+        tier, token = self.tier(identity), identity.token
+        per_s = token.requests_per_s if token and token.requests_per_s else tier.requests_per_s
+        burst = token.burst if token and token.burst else tier.burst
+        return Rate(per_s, burst)
+
+    def chars_rate(self, identity: Identity) -> Rate:
+        tier, token = self.tier(identity), identity.token
+        per_min = token.chars_per_min if token and token.chars_per_min else tier.chars_per_min
+        capacity = tier.chars_burst or per_min
+        return Rate(per_min / 60.0, capacity)
+
+    async def _check(self, key: str, rate: Rate, cost: float) -> Decision:
+        if self.redis is not None:
+            try:
+                return await self.redis.check(key, rate, cost)
+            except ConnectionError as exc:
+                return self._redis_unreachable(key, rate, cost, exc)
+        return self.local.check(key, rate, cost)
+
+    def _redis_unreachable(self, key: str, rate: Rate, cost: float, exc: Exception) -> Decision:
+        policy = self.settings.limits.on_redis_error
+        self.rejections["redis_error"] += 1
+        LOG.warning("rate limiter: redis unreachable (%s); policy %s", exc, policy)
+        if policy == "closed":
+            raise ServiceUnavailable("rate limiter unavailable", code="limiter_unavailable",
+                                     retry_after_s=self.settings.server.retry_after_s)
+        if policy == "open":
+            return Decision(True, int(rate.burst), int(rate.burst), 0.0, 0.0)
+        return self.local.check(key, rate, cost)
+
+    async def admit(self, request: web.Request, identity: Identity) -> None:
+        if not self.settings.limits.enabled:
+            return
+        decision = await self._check("req:" + identity.key, self.request_rate(identity), 1.0)
+        request[RATE_DECISION] = decision
+        if not decision.allowed:
+            self._reject("rate_requests")
+            raise TooManyRequests(
+                f"more than {self.request_rate(identity).per_s:g} requests per second",
+                code="rate_limited", retry_after_s=max(1, math.ceil(decision.retry_after_s)),
+            )
+
+    async def charge_chars(self, request: web.Request, chars: int) -> None:
+        """Spend `chars` of the caller's characters-per-minute budget, or answer 429."""
+        identity: Identity | None = request.get(IDENTITY)
+        if identity is None or not self.settings.limits.enabled:
+            return
+        rate = self.chars_rate(identity)
+        if chars > rate.burst:
+            self._reject("chars_exceed_budget")
+            raise PayloadTooLarge(f"{chars} characters exceed the tier's budget of "
+                                  f"{int(rate.burst)}", code="text_exceeds_quota")
+        decision = await self._check("chars:" + identity.key, rate, float(chars))
+        if not decision.allowed:
+            self._reject("rate_chars")
+            raise TooManyRequests(
+                f"character quota of {rate.per_s * 60:g} per minute used up",
+                code="char_quota_exceeded",
+                retry_after_s=max(1, math.ceil(decision.retry_after_s)),
+            )
+
+    def _reject(self, reason: str) -> None:
+        self.rejections[reason] += 1
+
+    # ---- route policies ----------------------------------------------------------------
+
+    def check_policy(self, request: web.Request, policy: str) -> None:
+        if policy == "open":
+            return
+        if policy == "loopback":
+            if not is_loopback(request.remote or ""):
+                self._reject("policy")
+                raise Forbidden("only reachable from this machine", code="loopback_only")
+            return
+        self.identify(request)  # "token": any valid token
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(math.ceil(decision.reset_s)),
+    }
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gateway = request.app[keys.GATEWAY]
+    auth = request.app[keys.SETTINGS].auth
+    path = request.path
+    if path.startswith(API_PREFIXES):
+        identity = gateway.identify(request)
+        request[IDENTITY] = identity
+        await gateway.admit(request, identity)
+    elif path in PROBE_PATHS:
+        gateway.check_policy(request, auth.probe_access)
+    elif path == METRICS_PATH:
+        gateway.check_policy(request, auth.metrics_access)
+    else:
+        gateway.check_policy(request, auth.web_access)
+    return await handler(request)
