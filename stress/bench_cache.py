@@ -44,8 +44,12 @@ def serve_bare(port: int, body_file: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-async def hammer(url: str, seconds: float, connections: int) -> tuple[float, float]:
+async def hammer(
+    url: str, seconds: float, connections: int, method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> tuple[float, float]:
     """Closed loop for `seconds`: requests/s and the client's own CPU % (saturation check)."""
+    body = {"text": TEXT} if method == "POST" else None
     count = 0
     deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=connections)
@@ -55,7 +59,7 @@ async def hammer(url: str, seconds: float, connections: int) -> tuple[float, flo
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal count
         while time.monotonic() < deadline:
-            async with session.post(url, json={"text": TEXT}) as response:
+            async with session.request(method, url, json=body, headers=headers) as response:
                 await response.read()
                 if response.status == 200:
                     count += 1

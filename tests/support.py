@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import soundfile
 
+from tts_server.config import deep_update
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -62,15 +64,6 @@ def merged(overrides: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, A
     for layer in (TEST_SECTIONS, overrides or {}):
         deep_update(sections, layer)
     return sections
-
-
-def deep_update(target: dict[str, Any], changes: dict[str, Any]) -> None:
-    """Tables merge key by key (so one tier can change alone); other values replace."""
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            deep_update(target[key], value)
-        else:
-            target[key] = value
 
 
 class ServerProcess:

@@ -385,6 +385,14 @@ def load_settings(
         raise ConfigError(f"config file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    for section, values in env_overrides(os.environ if environ is None else environ).items():
-        data.setdefault(section, {}).update(values)
+    deep_update(data, env_overrides(os.environ if environ is None else environ))
     return settings_from_dict(data)
+
+
+def deep_update(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """Tables merge key by key (so one tier can change alone); other values replace."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value

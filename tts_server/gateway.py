@@ -9,18 +9,15 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import keys
 from .auth import ClientAddress, Identity, TokenStore, bearer_token, is_loopback
 from .config import Settings, TierSettings
 from .errors import Forbidden, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unauthorized
 from .ratelimit import Decision, LocalLimiter, Rate, RedisLimiter
 
 LOG = logging.getLogger("tts.gateway")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDENTITY = "identity"
 RATE_DECISION = "rate_decision"
 API_PREFIXES = ("/api/", "/v1/")
@@ -149,21 +146,3 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
         "X-RateLimit-Remaining": str(decision.remaining),
         "X-RateLimit-Reset": str(math.ceil(decision.reset_s)),
     }
-
-
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    gateway = request.app[keys.GATEWAY]
-    auth = request.app[keys.SETTINGS].auth
-    path = request.path
-    if path.startswith(API_PREFIXES):
-        identity = gateway.identify(request)
-        request[IDENTITY] = identity
-        await gateway.admit(request, identity)
-    elif path in PROBE_PATHS:
-        gateway.check_policy(request, auth.probe_access)
-    elif path == METRICS_PATH:
-        gateway.check_policy(request, auth.metrics_access)
-    else:
-        gateway.check_policy(request, auth.web_access)
-    return await handler(request)

@@ -11,7 +11,14 @@ from aiohttp import web
 
 from . import keys
 from .errors import ServiceUnavailable, TTSError
-from .gateway import PROBE_PATHS, RATE_DECISION, gateway_middleware, ratelimit_headers
+from .gateway import (
+    API_PREFIXES,
+    IDENTITY,
+    METRICS_PATH,
+    PROBE_PATHS,
+    RATE_DECISION,
+    ratelimit_headers,
+)
 
 LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,6 +84,24 @@ async def drain_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.app[keys.RUN_STATE].draining and request.path not in PROBE_PATHS:
         retry = request.app[keys.SETTINGS].server.retry_after_s
         raise ServiceUnavailable("server is shutting down", code="draining", retry_after_s=retry)
+    return await handler(request)
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gateway = request.app[keys.GATEWAY]
+    auth = request.app[keys.SETTINGS].auth
+    path = request.path
+    if path.startswith(API_PREFIXES):
+        identity = gateway.identify(request)
+        request[IDENTITY] = identity
+        await gateway.admit(request, identity)
+    elif path in PROBE_PATHS:
+        gateway.check_policy(request, auth.probe_access)
+    elif path == METRICS_PATH:
+        gateway.check_policy(request, auth.metrics_access)
+    else:
+        gateway.check_policy(request, auth.web_access)
     return await handler(request)
 
 
