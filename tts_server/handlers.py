@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from . import keys
 from .audio import duration_s, wav_header
 from .gateway import IDENTITY
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from .schema import SynthesisRequest, parse_tts_request
+from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
 from .speech import Speech
 from .synthesis import SynthesisTrace
 
@@ -136,7 +137,34 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def ui_status(request: web.Request) -> web.Response:
+    """What the web page needs before its first call: limits, formats, auth, degradation."""
+    settings = request.app[keys.SETTINGS]
+    state = request.app[keys.RUN_STATE]
+    return web.json_response(
+        {
+            "auth_required": not settings.anonymous_allowed,
+            "max_text_chars": settings.text.max_text_chars,
+            "min_speed": settings.synthesis.min_speed,
+            "max_speed": settings.synthesis.max_speed,
+            "formats": list(AUDIO_FORMATS),
+            "degradation_level": state.degradation_level,
+            "preview_enabled": state.preview_enabled,
+        }
+    )
+
+
 def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/ui/status", ui_status)
+    app.router.add_static("/static/", STATIC_DIR)
     app.router.add_post("/api/tts", tts)
     app.router.add_get("/api/voices", voices)
     app.router.add_get("/api/cache/stats", cache_stats)

@@ -20,6 +20,12 @@ class RunState:
     """Mutable server state that handlers read: set by the shutdown sequence."""
 
     draining: bool = False
+    # The degradation ladder's level (0 = normal); level 1 and up turn the web preview off.
+    degradation_level: int = 0
+
+    @property
+    def preview_enabled(self) -> bool:
+        return self.degradation_level < 1
 
 
 SETTINGS = web.AppKey("settings", Settings)
