@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -135,6 +136,14 @@ async def gateway_context(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+async def encoder_context(app: web.Application) -> AsyncIterator[None]:
+    threads = app[keys.SETTINGS].server.encode_threads
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
+    app[keys.ENCODERS] = executor
+    yield
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
 async def warm_up(app: web.Application) -> None:
     """Synthesize and store the configured announcements, one at a time, in the background."""
     settings = app[keys.SETTINGS]
@@ -159,6 +168,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.REGISTRY] = VoiceRegistry.from_settings(settings.voices)
     app[keys.RUN_STATE] = keys.RunState()
+    app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)
     app.cleanup_ctx.append(gateway_context)

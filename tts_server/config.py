@@ -34,6 +34,8 @@ class ServerSettings:
     drain_timeout_s: float = 30.0
     # Whole-request deadline for synthesis; past it the client gets 503.
     request_timeout_s: float = 120.0
+    # Threads encoding mp3/opus/aac/flac (and resampling) off the event loop.
+    encode_threads: int = 2
     retry_after_s: int = 2
     access_log: bool = True
     log_level: str = "INFO"
@@ -268,6 +270,24 @@ class LimitsSettings:
         _require(bool(self.tiers), "limits.tiers must define at least one tier")
 
 
+def _default_openai_models() -> dict[str, str]:
+    return {"tts-1": "piper", "tts-1-hd": "piper", "gpt-4o-mini-tts": "piper"}
+
+
+def _default_openai_voices() -> dict[str, str]:
+    names = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
+             "shimmer", "verse")
+    return {name: "joe" for name in names}
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """POST /v1/audio/speech: OpenAI model names -> engine, OpenAI voice names -> our voice."""
+
+    models: Mapping[str, str] = field(default_factory=_default_openai_models)
+    voices: Mapping[str, str] = field(default_factory=_default_openai_voices)
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -278,6 +298,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens

@@ -340,6 +340,15 @@ def _open(fmt: AudioFormat, source_rate: int, *, seekable: bool) -> StreamEncode
     return AvEncoder(fmt, source_rate, seekable=seekable)
 
 
+def output_rate(format_name: str, source_rate: int) -> int:
+    """The sample rate `format_name` delivers for audio made at `source_rate`."""
+    name = get_format(format_name).name
+    if name == "pcm":
+        return OPENAI_PCM_RATE
+    spec = _AV_CODECS.get(name)
+    return _supported_rate(source_rate, spec.rates) if spec else source_rate
+
+
 def encode_whole(format_name: str, pcm: bytes, source_rate: int) -> bytes:
     """A complete file: WAV with exact sizes, MP3 with a Xing/LAME tag, FLAC with its length."""
     fmt = get_format(format_name)

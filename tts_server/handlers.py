@@ -10,12 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from . import keys
-from .audio import duration_s, wav_header
 from .gateway import IDENTITY
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
+from .openai_api import list_models, list_voices, parse_speech_request
 from .speech import Speech
-from .synthesis import SynthesisTrace
+from .responses import sse_audio, streamed_audio, whole_audio
 
 LOG = logging.getLogger("tts.server")
 JSON_TYPES = frozenset({"application/json"})
@@ -41,40 +41,31 @@ async def read_json(request: web.Request) -> Any:
         raise BadRequest(f"invalid JSON: {exc}", code="invalid_json") from None
 
 
-def _server_timing(trace: SynthesisTrace) -> str:
-    first = trace.first_audio_ms or 0.0
-    return (
-        f"queue;dur={trace.queue_ms:.1f}, synth;dur={trace.synthesis_ms:.1f}, "
-        f"first-audio;dur={first:.1f}"
-    )
-
-
-def _audio_headers(req: SynthesisRequest, speech: Speech) -> dict[str, str]:
-    content_type = "audio/wav" if req.audio_format == "wav" else "audio/pcm"
-    return {
-        "Content-Type": content_type,
-        "X-Sample-Rate": str(speech.sample_rate),
-        "X-Audio-Format": "s16le" if req.audio_format == "pcm" else "wav",
-        "X-Voice": req.voice.name,
-        "X-Engine": req.voice.engine,
-        "X-Cache": speech.cache_status,
-        "Server-Timing": _server_timing(speech.trace),
-    }
+async def _speak(request: web.Request, req: SynthesisRequest) -> Speech:
+    await _admit_synthesis(request, req)
+    service = request.app[keys.SPEECH]
+    return await service.speak(req, service.key_for(req, request.app[keys.SETTINGS].cache.namespace))
 
 
 async def tts(request: web.Request) -> web.StreamResponse:
     app = request.app
     req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
-    await _admit_synthesis(request, req)
-    service = app[keys.SPEECH]
-    speech = await service.speak(req, service.key_for(req, app[keys.SETTINGS].cache.namespace))
+    speech = await _speak(request, req)
+    executor = app[keys.ENCODERS]
     if req.stream:
-        return await _stream_audio(request, req, speech)
-    pcm = b"".join([chunk async for chunk in speech.chunks])
-    body = wav_header(speech.sample_rate, len(pcm)) + pcm if req.audio_format == "wav" else pcm
-    headers = _audio_headers(req, speech)
-    headers["X-Audio-Duration"] = f"{duration_s(len(pcm), speech.sample_rate):.3f}"
-    return web.Response(body=body, headers=headers)
+        return await streamed_audio(request, req, speech, executor)
+    return await whole_audio(req, speech, executor)
+
+
+async def openai_speech(request: web.Request) -> web.StreamResponse:
+    """POST /v1/audio/speech: always streamed, like OpenAI's; SSE on request."""
+    app = request.app
+    body = await read_json(request)
+    req, as_sse = parse_speech_request(body, app[keys.REGISTRY], app[keys.SETTINGS])
+    speech = await _speak(request, req)
+    if as_sse:
+        return await sse_audio(request, req, speech, app[keys.ENCODERS])
+    return await streamed_audio(request, req, speech, app[keys.ENCODERS])
 
 
 async def _admit_synthesis(request: web.Request, req: SynthesisRequest) -> None:
@@ -82,27 +73,9 @@ async def _admit_synthesis(request: web.Request, req: SynthesisRequest) -> None:
     gateway = request.app[keys.GATEWAY]
     identity = request[IDENTITY]
     gateway.require_feature(identity, "tts")
-    if req.stream:
+    if req.stream and request.path.startswith("/api/"):
         gateway.require_feature(identity, "stream")
     await gateway.charge_chars(request, len(req.text))
-
-
-async def _stream_audio(
-    request: web.Request, req: SynthesisRequest, speech: Speech
-) -> web.StreamResponse:
-    """Chunked audio; headers leave with the first chunk so early errors keep their status."""
-    response: web.StreamResponse | None = None
-    async for chunk in speech.chunks:
-        if response is None:
-            response = web.StreamResponse(headers=_audio_headers(req, speech))
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            if req.audio_format == "wav":
-                await response.write(wav_header(speech.sample_rate, None))
-        await response.write(chunk)
-    assert response is not None  # a request always has at least one unit
-    await response.write_eof()
-    return response
 
 
 async def cache_stats(request: web.Request) -> web.Response:
@@ -168,5 +141,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/tts", tts)
     app.router.add_get("/api/voices", voices)
     app.router.add_get("/api/cache/stats", cache_stats)
+    app.router.add_post("/v1/audio/speech", openai_speech)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/audio/voices", list_voices)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

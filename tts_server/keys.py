@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -37,3 +38,5 @@ SPEECH = web.AppKey("speech", SpeechService)
 GATEWAY = web.AppKey("gateway", Gateway)
 # The Redis the cache uses (private or external), shared with the rate limiter.
 REDIS_URL = web.AppKey("redis_url", str)
+# Bounded pool that encodes audio off the event loop.
+ENCODERS = web.AppKey("encoders", ThreadPoolExecutor)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import keys
 from .errors import ServiceUnavailable, TTSError
+from .openai_api import openai_error_body
 from .gateway import (
     API_PREFIXES,
     IDENTITY,
@@ -34,13 +35,14 @@ _HTTP_CODES = {
 }
 
 
-def error_response(error: TTSError) -> web.Response:
+def error_response(error: TTSError, openai_shape: bool = False) -> web.Response:
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tts"'
-    return web.json_response(error.to_json(), status=error.status, headers=headers)
+    body = openai_error_body(error) if openai_shape else error.to_json()
+    return web.json_response(body, status=error.status, headers=headers)
 
 
 @web.middleware
@@ -74,21 +76,25 @@ async def add_request_headers(request: web.Request, response: web.StreamResponse
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as JSON {"error": {code, message}}; never a stack trace."""
+    """Every failure leaves as JSON {"error": {code, message}}; never a stack trace.
+
+    Under /v1/ the shape is OpenAI's: {"error": {message, type, param, code}}.
+    """
+    openai_shape = request.path.startswith("/v1/")
     try:
         return await handler(request)
     except TTSError as error:
-        return error_response(error)
+        return error_response(error, openai_shape)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         error = TTSError(exc.reason, code=code)
         error.status = exc.status
-        return error_response(error)
+        return error_response(error, openai_shape)
     except Exception:
         LOG.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(TTSError("internal server error"))
+        return error_response(TTSError("internal server error"), openai_shape)
 
 
 @web.middleware

@@ -132,6 +132,10 @@ class VoiceRegistry:
         return cls(voices, dict(settings.aliases), default)
 
     @property
+    def engines(self) -> set[str]:
+        return {v.engine for v in self.voices.values()}
+
+    @property
     def files(self) -> tuple[VoiceFiles, ...]:
         return tuple(v.files for v in self.voices.values())
 

@@ -170,3 +170,19 @@ async def test_probes_report_health_and_readiness(shared_server):
             assert response.status == 200
             body = await response.json()
     assert body["pool"]["workers_ready"] == body["pool"]["workers_total"] == 2
+
+
+@pytest.mark.parametrize("audio_format", ["mp3", "opus", "aac", "flac"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_compressed_formats_decode_whole_and_streamed(shared_server, audio_format, stream):
+    from tests.tts_server.test_openai import decode_any
+
+    text = f"Compressed audio in {audio_format}, streamed {stream}."
+    status, headers, body = await post_tts(
+        shared_server.url, {"text": text, "format": audio_format, "stream": stream}
+    )
+    assert status == 200
+    samples, rate, channels = decode_any(body)
+    assert channels == 1 and rate in (22050, 48000)
+    assert plausible_duration(text, samples.shape[1] / rate)
+    assert headers["Content-Type"].startswith("audio/")
