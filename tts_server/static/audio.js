@@ -1,0 +1,199 @@
+// Audio helpers: raw 16-bit PCM played through Web Audio as it arrives, WAV files built
+// from PCM, and a small level envelope for drawing the waveform.
+
+const LEAD_S = 0.04; // first buffer (and any buffer after an underrun) starts this far ahead
+
+export function wavHeader(sampleRate, dataBytes) {
+  const header = new ArrayBuffer(44);
+  const view = new DataView(header);
+  const ascii = (offset, text) => {
+    for (let i = 0; i < text.length; i += 1) view.setUint8(offset + i, text.charCodeAt(i));
+  };
+  ascii(0, "RIFF");
+  view.setUint32(4, 36 + dataBytes, true);
+  ascii(8, "WAVE");
+  ascii(12, "fmt ");
+  view.setUint32(16, 16, true); // fmt chunk size
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, 1, true); // mono
+  view.setUint32(24, sampleRate, true);
+  view.setUint32(28, sampleRate * 2, true); // byte rate
+  view.setUint16(32, 2, true); // block align
+  view.setUint16(34, 16, true); // bits per sample
+  ascii(36, "data");
+  view.setUint32(40, dataBytes, true);
+  return new Uint8Array(header);
+}
+
+/** A WAV Blob from s16le mono chunks (a trailing odd byte is dropped). */
+export function wavBlob(chunks, sampleRate) {
+  const bytes = chunks.reduce((total, chunk) => total + chunk.byteLength, 0);
+  const even = bytes - (bytes % 2);
+  const blob = new Blob([wavHeader(sampleRate, even), ...chunks], { type: "audio/wav" });
+  return even === bytes ? blob : blob.slice(0, 44 + even, "audio/wav");
+}
+
+/** s16le bytes (even length) -> floats in [-1, 1). */
+export function pcmToFloats(bytes) {
+  const count = bytes.byteLength >> 1;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, count * 2);
+  const floats = new Float32Array(count);
+  for (let i = 0; i < count; i += 1) floats[i] = view.getInt16(i * 2, true) / 32768;
+  return floats;
+}
+
+/** Peak level per block of samples; grows as audio arrives. */
+export class Envelope {
+  constructor(block = 256) {
+    this.block = block;
+    this.peaks = new Float32Array(1024);
+    this.length = 0;
+    this.samples = 0;
+    this.max = 0;
+    this.partialPeak = 0;
+    this.partialCount = 0;
+  }
+
+  add(floats) {
+    for (let i = 0; i < floats.length; i += 1) {
+      const level = Math.abs(floats[i]);
+      if (level > this.partialPeak) this.partialPeak = level;
+      this.partialCount += 1;
+      if (this.partialCount === this.block) this.#push();
+    }
+    this.samples += floats.length;
+  }
+
+  finish() {
+    if (this.partialCount > 0) this.#push();
+  }
+
+  values() {
+    return this.peaks.subarray(0, this.length);
+  }
+
+  #push() {
+    if (this.length === this.peaks.length) {
+      const grown = new Float32Array(this.peaks.length * 2);
+      grown.set(this.peaks);
+      this.peaks = grown;
+    }
+    this.peaks[this.length] = this.partialPeak;
+    this.length += 1;
+    if (this.partialPeak > this.max) this.max = this.partialPeak;
+    this.partialPeak = 0;
+    this.partialCount = 0;
+  }
+
+  static fromAudioBuffer(buffer) {
+    const envelope = new Envelope(Math.max(64, Math.round(buffer.sampleRate / 86)));
+    envelope.add(buffer.getChannelData(0));
+    envelope.finish();
+    return envelope;
+  }
+}
+
+/**
+ * Plays raw s16le mono PCM as it arrives: each network chunk becomes an AudioBuffer
+ * scheduled right after the previous one. A chunk may end in the middle of a sample;
+ * that odd byte is carried over to the next chunk.
+ */
+export class PcmStreamPlayer {
+  constructor(context, sampleRate) {
+    this.context = context;
+    this.sampleRate = sampleRate;
+    this.chunks = [];
+    this.carry = null;
+    this.samples = 0;
+    this.segments = []; // {when, offset, length}
+    this.sources = new Set();
+    this.nextTime = 0;
+    this.closed = false;
+    this.stopped = false;
+    this.output = context.createGain();
+    this.output.connect(context.destination);
+    this.done = new Promise((resolve) => {
+      this.resolveDone = resolve;
+    });
+  }
+
+  /** Queue one network chunk; returns its samples as floats (or null if none complete). */
+  push(bytes) {
+    if (this.stopped || bytes.byteLength === 0) return null;
+    this.chunks.push(bytes);
+    let data = bytes;
+    if (this.carry !== null) {
+      data = new Uint8Array(bytes.byteLength + 1);
+      data[0] = this.carry;
+      data.set(bytes, 1);
+      this.carry = null;
+    }
+    if (data.byteLength % 2 === 1) this.carry = data[data.byteLength - 1];
+    if (data.byteLength < 2) return null;
+    const floats = pcmToFloats(data);
+    this.#schedule(floats);
+    return floats;
+  }
+
+  /** The stream ended: `done` resolves (true) once the last buffer has played. */
+  end() {
+    this.closed = true;
+    this.#settle();
+  }
+
+  stop() {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const source of this.sources) {
+      try {
+        source.stop();
+      } catch {
+        // already stopped
+      }
+    }
+    this.sources.clear();
+    this.output.disconnect();
+    this.resolveDone(false);
+  }
+
+  get playing() {
+    return !this.stopped && (this.sources.size > 0 || !this.closed);
+  }
+
+  /** Samples already heard, from the context's clock. */
+  playedSamples() {
+    const now = this.context.currentTime;
+    let played = 0;
+    for (const segment of this.segments) {
+      if (now <= segment.when) break;
+      played = segment.offset + Math.min(segment.length, (now - segment.when) * this.sampleRate);
+    }
+    return played;
+  }
+
+  wav() {
+    return wavBlob(this.chunks, this.sampleRate);
+  }
+
+  #schedule(floats) {
+    const buffer = this.context.createBuffer(1, floats.length, this.sampleRate);
+    buffer.copyToChannel(floats, 0);
+    const source = this.context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(this.output);
+    const when = Math.max(this.nextTime, this.context.currentTime + LEAD_S);
+    source.start(when);
+    this.nextTime = when + buffer.duration;
+    this.segments.push({ when, offset: this.samples, length: floats.length });
+    this.samples += floats.length;
+    this.sources.add(source);
+    source.onended = () => {
+      this.sources.delete(source);
+      this.#settle();
+    };
+  }
+
+  #settle() {
+    if (this.closed && !this.stopped && this.sources.size === 0) this.resolveDone(true);
+  }
+}
