@@ -57,6 +57,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from .options import VoiceError
+
 LOG = logging.getLogger("tts.inference.espeak")
 
 ENGINE_NAME = "espeak"
@@ -99,7 +101,7 @@ class EspeakError(RuntimeError):
     """The espeak-ng library cannot be found, loaded or initialized, or a call failed."""
 
 
-class EspeakInputError(ValueError):
+class EspeakInputError(VoiceError):
     """The request cannot be synthesized (bad speed, unknown variant or voice)."""
 
 

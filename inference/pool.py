@@ -30,6 +30,7 @@ LOG = logging.getLogger("tts.inference.pool")
 MAX_RESTART_BACKOFF_S = 30.0
 # A worker that dies sooner than this after its start is crash-looping: back off harder.
 CRASH_LOOP_WINDOW_S = 10.0
+SPEED_EWMA_ALPHA = 0.1
 
 
 class PoolError(RuntimeError):
@@ -52,6 +53,12 @@ class WorkerCrashed(PoolError):
     code = "worker_crashed"
 
 
+class PoolUnavailable(PoolError):
+    """No worker can run: every one failed to (re)start, for example a corrupted model."""
+
+    code = "engine_unavailable"
+
+
 class UnitRejected(PoolError):
     """The worker refused or failed the unit; `code` is one of protocol.FAIL_*."""
 
@@ -63,6 +70,8 @@ class UnitRejected(PoolError):
 @dataclass(frozen=True)
 class PoolOptions:
     workers: int
+    # Names the pool in logs and shared-memory names ("piper", "espeak").
+    name: str = "piper"
     unit_timeout_s: float = 60.0
     max_unit_retries: int = 1
     max_queued_units: int = 4096
@@ -72,6 +81,8 @@ class PoolOptions:
     # Multi-threaded sessions exist in the workers (WorkerSpec.solo_threads > 1).
     solo_enabled: bool = True
     log_level: str = "INFO"
+    # Starting point of the wait estimate until real units have been measured.
+    initial_seconds_per_char: float = 0.006
 
 
 @dataclass(frozen=True)
@@ -89,10 +100,46 @@ class _Unit:
     message: protocol.SynthesizeUnit
     request_key: int
     future: asyncio.Future[UnitResult]
+    # 0 runs first (vip), then 1 (standard), then 2 (background jobs).
+    priority: int = 1
     enqueued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     attempts: int = 0
     finished: bool = False
+
+
+class UnitQueue:
+    """One FIFO per priority, lowest number first; counts queued characters for estimates."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, collections.deque[_Unit]] = collections.defaultdict(
+            collections.deque
+        )
+        self._chars: collections.Counter[int] = collections.Counter()
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self._lanes.values())
+
+    def push(self, unit: _Unit, front: bool = False) -> None:
+        lane = self._lanes[unit.priority]
+        lane.appendleft(unit) if front else lane.append(unit)
+        self._chars[unit.priority] += len(unit.message.text)
+
+    def pop(self) -> _Unit | None:
+        for priority in sorted(self._lanes):
+            lane = self._lanes[priority]
+            if lane:
+                unit = lane.popleft()
+                self._chars[unit.priority] -= len(unit.message.text)
+                return unit
+        return None
+
+    def chars_ahead(self, priority: int) -> int:
+        """Characters that would run before a new unit of this priority."""
+        return sum(c for p, c in self._chars.items() if p <= priority)
+
+    def depth_by_priority(self) -> dict[int, int]:
+        return {p: len(lane) for p, lane in sorted(self._lanes.items())}
 
 
 class WorkerState(enum.Enum):
@@ -118,6 +165,8 @@ class WorkerHandle:
     restarts: int = 0
     backoff_s: float = 0.0
     units_done: int = 0
+    # Its last start failed (Fatal): it cannot run anything until a restart succeeds.
+    broken: bool = False
 
     @property
     def idle(self) -> bool:
@@ -129,7 +178,9 @@ class InferencePool:
         self.options = options
         self._make_spec = make_spec
         self._handles: list[WorkerHandle] = []
-        self._pending: collections.deque[_Unit] = collections.deque()
+        self._pending = UnitQueue()
+        # Seconds of single-threaded synthesis per character, kept up to date (EWMA).
+        self.seconds_per_char = options.initial_seconds_per_char
         self._active_requests: collections.Counter[int] = collections.Counter()
         self._unit_ids = itertools.count(1)
         self._request_keys = itertools.count(1)
@@ -145,7 +196,7 @@ class InferencePool:
         """Create the slabs, spawn every worker and wait until all are ready (or one fails)."""
         front_pid = os.getpid()
         for index in range(self.options.workers):
-            name = protocol.slab_name(front_pid, index)
+            name = protocol.slab_name(front_pid, self.options.name, index)
             spec = self._make_spec(index, name)
             slab = shared_memory.SharedMemory(name=name, create=True, size=spec.slab_bytes)
             self._handles.append(WorkerHandle(index, spec, slab))
@@ -160,15 +211,14 @@ class InferencePool:
                 raise PoolStartError("workers not ready within pool.ready_timeout_s") from exc
             raise
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_deadlines())
-        LOG.info("pool ready: %d workers", len(self._handles))
+        LOG.info("%s pool ready: %d workers", self.options.name, len(self._handles))
 
     async def stop(self) -> None:
         """Fail what still waits, stop every worker (message, join, SIGTERM, SIGKILL), unlink."""
         self._closing = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        while self._pending:
-            self._fail(self._pending.popleft(), PoolClosed("server is shutting down"))
+        self._fail_queued(PoolClosed("server is shutting down"))
         for handle in self._handles:
             self._send(handle, protocol.Stop())
         await asyncio.gather(*(self._reap(h, self.options.stop_timeout_s) for h in self._handles))
@@ -188,26 +238,43 @@ class InferencePool:
         return next(self._request_keys)
 
     def submit(
-        self, request_key: int, units: Sequence[protocol.SynthesizeUnit]
+        self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1
     ) -> list[asyncio.Future[UnitResult]]:
-        """Queue every unit of one request, or none of them (PoolBusy / PoolClosed)."""
+        """Queue every unit of one request, or none (PoolBusy, PoolClosed, PoolUnavailable)."""
         if self._closing:
             raise PoolClosed("server is shutting down")
+        if not self.available:
+            raise PoolUnavailable("no worker of this engine can start")
         if len(self._pending) + len(units) > self.options.max_queued_units:
             raise PoolBusy("the synthesis queue is full")
         loop = asyncio.get_running_loop()
         futures = []
         for message in units:
             unit_message = dataclasses.replace(message, unit_id=next(self._unit_ids))
-            unit = _Unit(unit_message, request_key, loop.create_future())
+            unit = _Unit(unit_message, request_key, loop.create_future(), priority)
             unit.future.add_done_callback(lambda f, u=unit: self._on_future_done(u))
             self._active_requests[request_key] += 1
-            self._pending.append(unit)
+            self._pending.push(unit)
             futures.append(unit.future)
         self._dispatch()
         return futures
 
     # ---- state for /readyz -----------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Some worker is up or may still come up (not every slot failed its last start)."""
+        return not self._handles or not all(h.broken for h in self._handles)
+
+    def estimated_wait_s(self, priority: int, chars: int, units: int) -> float:
+        """Time until a request of `chars` characters at `priority` would be done: the
+        work queued ahead of it and half the work running, spread over the ready workers,
+        then its own units over as many workers as it has units."""
+        ready = max(1, sum(h.state is WorkerState.READY for h in self._handles))
+        running = sum(len(h.unit.message.text) for h in self._handles if h.unit is not None)
+        ahead = self._pending.chars_ahead(priority) + running / 2
+        own = chars / max(1, min(ready, units))
+        return (ahead / ready + own) * self.seconds_per_char
 
     @property
     def ready(self) -> bool:
@@ -218,9 +285,12 @@ class InferencePool:
             "workers_total": len(self._handles),
             "workers_ready": sum(h.state is WorkerState.READY for h in self._handles),
             "queued_units": len(self._pending),
+            "queued_by_priority": self._pending.depth_by_priority(),
+            "seconds_per_char": round(self.seconds_per_char, 6),
             "busy_workers": sum(h.unit is not None for h in self._handles),
             "restarts": sum(h.restarts for h in self._handles),
             "units_completed": self.units_completed,
+            "workers": self.worker_states(),
         }
 
     def worker_states(self) -> list[dict[str, object]]:
@@ -249,7 +319,9 @@ class InferencePool:
             handle = next((h for h in self._handles if h.idle), None)
             if handle is None:
                 return
-            unit = self._pending.popleft()
+            unit = self._pending.pop()
+            if unit is None:
+                return
             if unit.finished:
                 continue  # cancelled while it waited: never started
             self._start_unit(handle, unit, solo)
@@ -285,6 +357,8 @@ class InferencePool:
         handle.unit = None
         handle.units_done += 1
         self.units_completed += 1
+        if not unit.message.solo and unit.message.text:
+            self._learn_speed(done.synthesis_ms / 1000 / len(unit.message.text))
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(handle.slab.buf[:nbytes])  # copy out before the slab is reused
         if not unit.future.done():
@@ -293,6 +367,13 @@ class InferencePool:
                 pcm, done.sample_rate, queue_ms, done.synthesis_ms, handle.index, unit.attempts
             )
             unit.future.set_result(result)
+
+    def _learn_speed(self, seconds_per_char: float) -> None:
+        self.seconds_per_char += SPEED_EWMA_ALPHA * (seconds_per_char - self.seconds_per_char)
+
+    def _fail_queued(self, error: PoolError) -> None:
+        while (unit := self._pending.pop()) is not None:
+            self._fail(unit, error)
 
     def _reject(self, handle: WorkerHandle, failed: protocol.UnitFailed) -> None:
         unit = handle.unit
@@ -308,13 +389,17 @@ class InferencePool:
             self._reject(handle, message)
         elif isinstance(message, protocol.Ready):
             handle.state = WorkerState.READY
+            handle.broken = False
             LOG.info("worker %d ready (pid %d)", handle.index, message.pid)
             if handle.started is not None and not handle.started.done():
                 handle.started.set_result(None)
         elif isinstance(message, protocol.Fatal):
             LOG.error("worker %d cannot start: %s", handle.index, message.message)
+            handle.broken = True
             if handle.started is not None and not handle.started.done():
                 handle.started.set_exception(PoolStartError(message.message))
+            if not self.available:
+                self._fail_queued(PoolUnavailable(f"no worker can start: {message.message}"))
         self._dispatch()
 
     # ---- supervision -----------------------------------------------------------------------
@@ -382,7 +467,7 @@ class InferencePool:
             return
         if unit.attempts <= self.options.max_unit_retries:
             LOG.warning("retrying unit %d lost with worker %d", unit.message.unit_id, worker_index)
-            self._pending.appendleft(unit)
+            self._pending.push(unit, front=True)
             self._dispatch()
         else:
             self._fail(unit, WorkerCrashed("the worker synthesizing this request died"))

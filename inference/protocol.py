@@ -22,9 +22,9 @@ SHM_NAME_PREFIX = "tts-"
 READ_CHUNK_BYTES = 64 * 1024
 
 
-def slab_name(front_pid: int, worker_index: int) -> str:
+def slab_name(front_pid: int, pool_name: str, worker_index: int) -> str:
     """Name of a worker's shared-memory slab; the front's pid keeps servers apart."""
-    return f"{SHM_NAME_PREFIX}{front_pid}-w{worker_index}"
+    return f"{SHM_NAME_PREFIX}{front_pid}-{pool_name}-w{worker_index}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class VoiceFiles:
     name: str
     model_path: str
     config_path: str
+    # "piper" (an ONNX model and its config) or "espeak" (name from the espeak catalog).
+    engine: str = "piper"
 
 
 @dataclass(frozen=True)

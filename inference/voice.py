@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +15,14 @@ import onnxruntime as ort
 from piper.config import PiperConfig
 from piper.voice import PiperVoice
 
+from .options import SynthesisOptions, ThreadPlan, VoiceError
 from .protocol import VoiceFiles
+
+__all__ = ["SynthesisOptions", "ThreadPlan", "Voice", "VoiceError", "make_session"]
 
 LOG = logging.getLogger("tts.inference.voice")
 MAX_INT16 = 32767.0
 WARMUP_TEXT = "Warming up the voice."
-
-
-class VoiceError(ValueError):
-    """The request cannot be synthesized by this voice (for example a bad speaker id)."""
-
-
-@dataclass(frozen=True)
-class ThreadPlan:
-    """Thread settings for a voice's sessions; solo_threads > 1 adds a wide second session."""
-
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    allow_spinning: bool = False
-    solo_threads: int = 1
-
-
-@dataclass(frozen=True)
-class SynthesisOptions:
-    """Per-request settings; None means the voice's own value. Resolved in Voice.scales()."""
-
-    speed: float = 1.0
-    speaker_id: int | None = None
-    noise_scale: float | None = None
-    noise_w_scale: float | None = None
-    solo: bool = False
 
 
 def make_session(model: str | bytes, threads: int, plan: ThreadPlan) -> ort.InferenceSession:

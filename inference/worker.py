@@ -13,20 +13,40 @@ import signal
 import socket
 import time
 from multiprocessing import shared_memory
+from typing import Protocol
 
 import numpy as np
 
 from . import protocol
-from .voice import SynthesisOptions, ThreadPlan, Voice, VoiceError
+from .options import SynthesisOptions, ThreadPlan, VoiceError
 
 LOG = logging.getLogger("tts.inference.worker")
+
+
+class Engine(Protocol):
+    sample_rate: int
+
+    def synthesize_unit(self, text: str, options: SynthesisOptions) -> np.ndarray: ...
+
+    def warm_up(self) -> None: ...
+
+
+def load_engine(files: protocol.VoiceFiles, plan: ThreadPlan) -> Engine:
+    """Imported here, per engine: an espeak worker never loads onnxruntime, and vice versa."""
+    if files.engine == "espeak":
+        from .espeak_engine import EspeakVoice
+
+        return EspeakVoice.load(files.name)
+    from .voice import Voice
+
+    return Voice.load(files, plan)
 
 
 class Worker:
     def __init__(self, spec: protocol.WorkerSpec, sock: socket.socket) -> None:
         self.spec = spec
         self.sock = sock
-        self.voices: dict[str, Voice] = {}
+        self.voices: dict[str, Engine] = {}
         self.slab = shared_memory.SharedMemory(name=spec.slab_name)
         self.reader = protocol.MessageReader()
 
@@ -38,7 +58,7 @@ class Worker:
             solo_threads=self.spec.solo_threads,
         )
         for files in self.spec.voices:
-            voice = Voice.load(files, plan)
+            voice = load_engine(files, plan)
             voice.warm_up()
             self.voices[files.name] = voice
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -104,10 +105,16 @@ class ServerProcess:
         except OSError:
             return None
 
-    def worker_pids(self) -> list[int]:
-        """Inference workers only (not the resource tracker or a private redis-server)."""
-        children = psutil.Process(self.pid).children()
-        return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+    def worker_pids(self, engine: str = "piper") -> list[int]:
+        """The live workers of one engine's pool, as /readyz reports them."""
+        request = urllib.request.Request(self.url + "/readyz", headers=self.probe_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            body = json.load(exc)
+        workers = body["pools"][engine]["workers"]
+        return [w["pid"] for w in workers if w["state"] != "dead" and w["pid"]]
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:

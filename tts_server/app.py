@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
@@ -14,6 +14,7 @@ from inference import protocol
 from inference.pool import InferencePool, PoolOptions
 
 from . import keys
+from .breaker import BreakerPolicy, CircuitBreaker
 from .cache import AudioCache, MemoryLRU, RedisTier
 from .config import CacheSettings, ConfigError, Settings
 from .errors import TTSError
@@ -31,16 +32,16 @@ LOG = logging.getLogger("tts.server")
 PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
 
 
-def build_pool(settings: Settings, registry: VoiceRegistry) -> InferencePool:
+def _worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ...],
+                         solo_threads: int) -> Callable[[int, str], protocol.WorkerSpec]:
     pool_settings = settings.pool
-    solo_threads = pool_settings.solo_thread_count if pool_settings.worker_count > 0 else 1
 
     def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
         return protocol.WorkerSpec(
             index=index,
             slab_name=slab_name,
             slab_bytes=pool_settings.shm_slab_bytes,
-            voices=registry.files,
+            voices=files,
             intra_op_threads=pool_settings.intra_op_threads,
             inter_op_threads=pool_settings.inter_op_threads,
             allow_spinning=pool_settings.allow_spinning,
@@ -49,29 +50,57 @@ def build_pool(settings: Settings, registry: VoiceRegistry) -> InferencePool:
             noise_w_scale=settings.synthesis.noise_w_scale,
         )
 
-    options = PoolOptions(
-        workers=pool_settings.worker_count,
-        unit_timeout_s=pool_settings.unit_timeout_s,
-        max_unit_retries=pool_settings.max_unit_retries,
-        max_queued_units=pool_settings.max_queued_units,
-        ready_timeout_s=pool_settings.ready_timeout_s,
-        restart_backoff_s=pool_settings.restart_backoff_s,
-        stop_timeout_s=pool_settings.stop_timeout_s,
-        solo_enabled=solo_threads > 1,
-        log_level=settings.server.log_level,
-    )
-    return InferencePool(options, make_spec)
+    return make_spec
+
+
+def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, InferencePool]:
+    """One pool per engine: piper (one process per core) and espeak (the fallback)."""
+    pool_settings = settings.pool
+    sizes = {"piper": pool_settings.worker_count, "espeak": pool_settings.espeak_workers}
+    pools = {}
+    for engine, workers in sizes.items():
+        files = registry.files_for(engine)
+        if not files or workers < 1:
+            continue
+        solo_threads = pool_settings.solo_thread_count if engine == "piper" else 1
+        options = PoolOptions(
+            workers=workers,
+            name=engine,
+            unit_timeout_s=pool_settings.unit_timeout_s,
+            max_unit_retries=pool_settings.max_unit_retries,
+            max_queued_units=pool_settings.max_queued_units,
+            ready_timeout_s=pool_settings.ready_timeout_s,
+            restart_backoff_s=pool_settings.restart_backoff_s,
+            stop_timeout_s=pool_settings.stop_timeout_s,
+            solo_enabled=solo_threads > 1,
+            log_level=settings.server.log_level,
+            initial_seconds_per_char=0.006 if engine == "piper" else 0.0002,
+        )
+        pools[engine] = InferencePool(options, _worker_spec_factory(settings, files, solo_threads))
+    return pools
+
+
+def build_breakers(settings: Settings, registry: VoiceRegistry) -> dict[str, CircuitBreaker]:
+    policy = BreakerPolicy(settings.breaker.failure_threshold, settings.breaker.window_s,
+                           settings.breaker.open_s)
+    return {name: CircuitBreaker(policy) for name in registry.fallbacks}
 
 
 async def pool_context(app: web.Application) -> AsyncIterator[None]:
     """Start every worker before serving; stop them (and unlink shared memory) last."""
-    pool = build_pool(app[keys.SETTINGS], app[keys.REGISTRY])
-    app[keys.POOL] = pool
-    await pool.start()
-    settings = app[keys.SETTINGS].server
-    app[keys.SYNTHESIZER] = Synthesizer(pool, settings.request_timeout_s, settings.retry_after_s)
+    settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
+    pools = build_pools(settings, registry)
+    app[keys.POOLS] = pools
+    try:
+        await asyncio.gather(*(pool.start() for pool in pools.values()))
+    except BaseException:
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
+        raise
+    app[keys.SYNTHESIZER] = Synthesizer(pools, registry, build_breakers(settings, registry),
+                                        settings.server.request_timeout_s,
+                                        settings.server.retry_after_s)
     yield
-    await pool.stop()
+    await asyncio.gather(*(pool.stop() for pool in pools.values()))
 
 
 async def _redis_url(settings: CacheSettings, app: web.Application) -> str | None:
@@ -166,7 +195,9 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=list(MIDDLEWARES), client_max_size=settings.server.max_body_bytes
     )
     app[keys.SETTINGS] = settings
-    app[keys.REGISTRY] = VoiceRegistry.from_settings(settings.voices)
+    app[keys.REGISTRY] = VoiceRegistry.from_settings(
+        settings.voices, espeak=settings.pool.espeak_workers > 0
+    )
     app[keys.RUN_STATE] = keys.RunState()
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)

@@ -89,6 +89,8 @@ class PoolSettings:
     max_queued_units: int = 4096
     restart_backoff_s: float = 0.5
     stop_timeout_s: float = 5.0
+    # Processes of the espeak-ng fallback engine (about 1000x real time each); 0 = none.
+    espeak_workers: int = 1
 
     def __post_init__(self) -> None:
         _require(self.workers >= 0, "pool.workers must be >= 0")
@@ -122,12 +124,33 @@ class SynthesisSettings:
 
 
 @dataclass(frozen=True)
+class BreakerSettings:
+    """Per primary voice: this many engine failures within window_s open the breaker;
+    its traffic then goes to the fallback engine for open_s, then one probe is let through."""
+
+    failure_threshold: int = 5
+    window_s: float = 30.0
+    open_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        _require(self.failure_threshold >= 1, "breaker.failure_threshold must be >= 1")
+        _require(self.window_s > 0 and self.open_s > 0, "breaker windows must be > 0")
+
+
+@dataclass(frozen=True)
 class VoiceSettings:
     default: str = "joe"
     # Extra voices: every *.onnx with its *.onnx.json in this directory.
     directory: str = ""
     # Alias -> voice name; an alias naming no voice is a startup error.
     aliases: Mapping[str, str] = field(default_factory=dict)
+    # Per text language ("en", "zh"): alias (or "default") -> voice, consulted first, so an
+    # alias like "female" finds a voice that speaks the text's language.
+    language_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Primary voice -> fallback voice; unlisted voices get an espeak voice of their language.
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
+    # Voice -> "male" | "female", for voices whose files do not say.
+    genders: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,9 +252,17 @@ class TierSettings:
     # Characters that may be spent at once; 0 = a full minute's quota.
     chars_burst: int = 0
     features: tuple[str, ...] = ("tts", "stream")
+    # Queue lane: 0 runs before 1 (2 is for background jobs). The degradation ladder keeps
+    # priority-0 tiers on the primary engine and never sheds them.
+    priority: int = 1
+    # Latency a request of this tier accepts; a client may ask for less (X-Deadline-Ms).
+    # A request whose estimated wait exceeds it is refused at once with 503.
+    deadline_s: float = 30.0
 
     def __post_init__(self) -> None:
         _require(self.requests_per_s > 0, "tier requests_per_s must be > 0")
+        _require(self.priority in (0, 1, 2), "tier priority must be 0, 1 or 2")
+        _require(self.deadline_s > 0, "tier deadline_s must be > 0")
         _require(self.burst >= 1, "tier burst must be >= 1")
         _require(self.chars_per_min >= 1, "tier chars_per_min must be >= 1")
         unknown = set(self.features) - set(FEATURES)
@@ -244,7 +275,7 @@ class TierSettings:
 
 def _default_tiers() -> dict[str, TierSettings]:
     return {
-        "vip": TierSettings(50.0, 100, 500_000, 0, FEATURES),
+        "vip": TierSettings(50.0, 100, 500_000, 0, FEATURES, priority=0, deadline_s=10.0),
         "standard": TierSettings(10.0, 20, 50_000, 0, FEATURES),
         "anonymous": TierSettings(20.0, 100, 200_000, 0, ("tts", "stream")),
     }
@@ -277,7 +308,7 @@ def _default_openai_models() -> dict[str, str]:
 def _default_openai_voices() -> dict[str, str]:
     names = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
              "shimmer", "verse")
-    return {name: "joe" for name in names}
+    return {name: "default" for name in names}
 
 
 @dataclass(frozen=True)
@@ -299,6 +330,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens

@@ -15,6 +15,7 @@ from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
 from .openai_api import list_models, list_voices, parse_speech_request
 from .speech import Speech
+from .synthesis import Admission
 from .responses import sse_audio, streamed_audio, whole_audio
 
 LOG = logging.getLogger("tts.server")
@@ -42,9 +43,36 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def _speak(request: web.Request, req: SynthesisRequest) -> Speech:
+    """Gateway checks, then engine routing (breaker, ladder), then cache or admission."""
     await _admit_synthesis(request, req)
-    service = request.app[keys.SPEECH]
-    return await service.speak(req, service.key_for(req, request.app[keys.SETTINGS].cache.namespace))
+    app = request.app
+    tier = app[keys.GATEWAY].tier(request[IDENTITY])
+    level = app[keys.RUN_STATE].degradation_level
+    protected = tier.priority == 0  # the ladder never degrades the top lane
+    req = app[keys.SYNTHESIZER].route(req, prefer_fallback=level >= 2 and not protected)
+    admission = Admission(
+        priority=tier.priority,
+        deadline_s=_deadline_s(request, tier.deadline_s),
+        shed=level >= 3 and not protected,
+    )
+    service = app[keys.SPEECH]
+    return await service.speak(req, service.key_for(req, app[keys.SETTINGS].cache.namespace),
+                               admission)
+
+
+def _deadline_s(request: web.Request, tier_deadline_s: float) -> float:
+    """The tier's deadline, or a shorter one the client asks for with X-Deadline-Ms."""
+    raw = request.headers.get("X-Deadline-Ms")
+    if raw is None:
+        return tier_deadline_s
+    try:
+        asked = float(raw) / 1000
+    except ValueError:
+        raise BadRequest("X-Deadline-Ms must be a number of milliseconds",
+                         code="invalid_deadline") from None
+    if not asked > 0:
+        raise BadRequest("X-Deadline-Ms must be positive", code="invalid_deadline")
+    return min(asked, tier_deadline_s)
 
 
 async def tts(request: web.Request) -> web.StreamResponse:
@@ -101,11 +129,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    pool = request.app[keys.POOL]
-    draining = request.app[keys.RUN_STATE].draining
-    ready = pool.ready and not draining
-    status = "draining" if draining else ("ready" if ready else "not_ready")
-    body = {"status": status, "pool": pool.snapshot()}
+    app = request.app
+    pools = app[keys.POOLS]
+    state = app[keys.RUN_STATE]
+    ready = all(pool.ready for pool in pools.values()) and not state.draining
+    status = "draining" if state.draining else ("ready" if ready else "not_ready")
+    body = {
+        "status": status,
+        "pools": {engine: pool.snapshot() for engine, pool in pools.items()},
+        "breakers": app[keys.SYNTHESIZER].snapshot(),
+        "degradation_level": state.degradation_level,
+    }
     headers = {} if ready else {"Retry-After": str(request.app[keys.SETTINGS].server.retry_after_s)}
     return web.json_response(body, status=200 if ready else 503, headers=headers)
 

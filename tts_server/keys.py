@@ -31,7 +31,8 @@ class RunState:
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", VoiceRegistry)
-POOL = web.AppKey("pool", InferencePool)
+# One inference pool per engine: "piper", "espeak".
+POOLS = web.AppKey("pools", dict[str, InferencePool])
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
 RUN_STATE = web.AppKey("run_state", RunState)
 SPEECH = web.AppKey("speech", SpeechService)

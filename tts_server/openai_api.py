@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from inference.espeak_engine import detect_language
+
 from . import keys
 from .config import OpenAISettings, Settings
 from .encoding import OPENAI_FORMATS
@@ -36,32 +38,26 @@ def _string(body: dict[str, Any], field: str) -> str:
     return value
 
 
-def _voice(voice: str, openai: OpenAISettings, registry: VoiceRegistry) -> VoiceInfo:
-    try:
-        return registry.resolve(openai.voices.get(voice, voice))
-    except TTSError:
-        valid = sorted({*openai.voices, *registry.voices, *registry.aliases})
-        raise BadRequest(f"unknown voice {voice!r}; valid voices: {', '.join(valid)}",
-                         code="voice_not_found", param="voice") from None
-
-
 def resolve_voice(
-    model: str, voice: str, openai: OpenAISettings, registry: VoiceRegistry
+    model: str, voice: str, text: str, openai: OpenAISettings, registry: VoiceRegistry
 ) -> VoiceInfo:
-    """A model naming one of our voices picks it; otherwise the model picks the engine and
-    the voice (ours, or an OpenAI name mapped in [openai.voices]) must belong to it."""
-    info = _voice(voice, openai, registry)
+    """A model naming one of our voices picks it. Otherwise the voice (ours, or an OpenAI name
+    mapped in [openai.voices]) is routed by the text's language, preferring the model's engine."""
     if model in registry.voices:
+        registry.resolve(openai.voices.get(voice, voice))  # still a voice we know
         return registry.voices[model]
     engine = openai.models.get(model, model if model in registry.engines else None)
     if engine is None:
         valid = sorted({*openai.models, *registry.voices, *registry.engines})
         raise BadRequest(f"unknown model {model!r}; valid models: {', '.join(valid)}",
                          code="model_not_found", param="model")
-    if info.engine != engine:
-        raise BadRequest(f"voice {voice!r} is a {info.engine} voice; model {model!r} uses "
-                         f"{engine}", code="voice_not_in_model", param="voice")
-    return info
+    try:
+        routed = registry.route(openai.voices.get(voice, voice), detect_language(text))
+    except BadRequest:
+        valid = sorted({*openai.voices, *registry.voices, *registry.aliases})
+        raise BadRequest(f"unknown voice {voice!r}; valid voices: {', '.join(valid)}",
+                         code="voice_not_found", param="voice") from None
+    return registry.prefer_engine(routed, engine)
 
 
 def parse_speech_request(
@@ -84,7 +80,7 @@ def parse_speech_request(
         raise BadRequest("instructions must be a string", code="invalid_instructions",
                          param="instructions")
     speed = check_speed(body.get("speed", 1.0), settings, error=BadRequest)
-    voice = resolve_voice(model, voice_name, settings.openai, registry)
+    voice = resolve_voice(model, voice_name, text, settings.openai, registry)
     request = build_request(text, voice, speed, None, audio_format, True, settings)
     return request, stream_format == "sse"
 

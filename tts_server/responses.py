@@ -33,7 +33,7 @@ def audio_headers(req: SynthesisRequest, speech: Speech, output_rate: int) -> di
         "Content-Type": get_format(req.audio_format).content_type,
         "X-Sample-Rate": str(output_rate),
         "X-Voice": req.voice.name,
-        "X-Engine": req.voice.engine,
+        "X-Engine": speech.trace.engine or req.voice.engine,
         "X-Cache": speech.cache_status,
         "Server-Timing": server_timing(speech.trace),
     }

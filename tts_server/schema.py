@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from inference.espeak_engine import detect_language
+
 from .config import Settings
 from .errors import BadRequest, PayloadTooLarge, TTSError, Unprocessable
 from .text import has_speakable_content, normalize, split_units
@@ -77,7 +79,7 @@ def parse_tts_request(
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="invalid_body")
     text = clean_text(body.get("text"), "text", settings)
-    voice = registry.resolve(body.get("voice"))
+    voice = registry.route(body.get("voice"), detect_language(text))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false", code="invalid_stream", param="stream")

@@ -16,7 +16,8 @@ from typing import Any
 
 from .cache import AudioCache, CachedAudio, cache_key
 from .schema import SynthesisRequest
-from .synthesis import SynthesisTrace, Synthesizer
+from .errors import ServiceUnavailable
+from .synthesis import Admission, SynthesisTrace, Synthesizer
 
 LOG = logging.getLogger("tts.speech")
 PEER_POLL_S = 0.05
@@ -119,7 +120,11 @@ class SpeechService:
         }
         return cache_key(namespace, identity)
 
-    async def speak(self, request: SynthesisRequest, key: str) -> Speech:
+    async def speak(
+        self, request: SynthesisRequest, key: str, admission: Admission | None = None
+    ) -> Speech:
+        """A hit, a seat on a flight already in the air, or (if admitted) a new flight."""
+        admission = admission or Admission()
         rate = request.voice.sample_rate
         if self.cache is not None:
             audio, status = await self.cache.lookup(key)
@@ -130,21 +135,25 @@ class SpeechService:
             if self.cache is not None:
                 self.cache.coalesced += 1
             return Speech(rate, flight.follow(), flight.trace, "coalesced", flight)
-        flight = self._start_flight(request, key)
+        if admission.shed:
+            raise ServiceUnavailable("shedding load: only cached audio is served now",
+                                     code="shedding", retry_after_s=self.synthesizer.retry_after_s)
+        self.synthesizer.admit(request, admission)
+        flight = self._start_flight(request, key, admission.priority)
         return Speech(rate, flight.follow(), flight.trace, "miss", flight)
 
-    def _start_flight(self, request: SynthesisRequest, key: str) -> Flight:
+    def _start_flight(self, request: SynthesisRequest, key: str, priority: int) -> Flight:
         flight = Flight(key, request.voice.sample_rate)
         self._flights[key] = flight
-        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, request))
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, request, priority))
         return flight
 
-    async def _fly(self, flight: Flight, request: SynthesisRequest) -> None:
+    async def _fly(self, flight: Flight, request: SynthesisRequest, priority: int) -> None:
         try:
             if not await self._peer_delivered(flight):
-                async for result in self.synthesizer.stream(request, flight.trace):
-                    flight.push(result.pcm)
-                if self.cache is not None:
+                async for pcm in self.synthesizer.stream(request, flight.trace, priority):
+                    flight.push(pcm)
+                if self.cache is not None and not flight.trace.degraded:
                     self.cache.store(flight.key, CachedAudio(flight.sample_rate,
                                                              b"".join(flight.chunks)))
             flight.finish()

@@ -1,24 +1,55 @@
-"""Runs a SynthesisRequest on the pool and yields its audio unit by unit, in order."""
+"""Runs a SynthesisRequest on the engine pools and yields its audio unit by unit, in order.
+
+Admission happens here too: a request whose estimated wait would miss its deadline is
+refused at once. A unit the primary engine fails (crashed or stuck worker, engine error,
+no worker able to start) is synthesized again by the voice's fallback engine, and the
+voice's circuit breaker hears of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
 
 from inference import protocol
 from inference.pool import (
     InferencePool,
     PoolBusy,
     PoolClosed,
+    PoolError,
+    PoolUnavailable,
     UnitRejected,
     UnitResult,
     WorkerCrashed,
 )
 
-from .errors import ServiceUnavailable, TTSError, Unprocessable
+from .breaker import CircuitBreaker
+from .errors import ServiceUnavailable, Unprocessable
 from .schema import SynthesisRequest
+from .voices import VoiceInfo, VoiceRegistry
+
+CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
+
+
+class EngineFailure(Exception):
+    """The engine, not the request, is at fault: the fallback engine gets the unit."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How a request is scheduled: its priority lane and the latency it can accept."""
+
+    priority: int = 1
+    deadline_s: float = 30.0
+    # The degradation ladder sheds this request's tier: only cached audio is served.
+    shed: bool = False
 
 
 @dataclass
@@ -30,53 +61,128 @@ class SynthesisTrace:
     queue_ms: float = 0.0
     synthesis_ms: float = 0.0
     audio_bytes: int = 0
+    # The engine of the first unit (what X-Engine reports); None until then.
+    engine: str | None = None
+    # Some unit came from the fallback engine: the result is not cached as the voice's.
+    degraded: bool = False
 
-    def add(self, result: UnitResult) -> None:
+    def add(self, result: UnitResult, engine: str) -> None:
         if self.first_audio_ms is None:
             self.first_audio_ms = (time.monotonic() - self.started) * 1000
             self.queue_ms = result.queue_ms
+            self.engine = engine
         self.synthesis_ms += result.synthesis_ms
         self.audio_bytes += len(result.pcm)
 
 
 class Synthesizer:
-    def __init__(self, pool: InferencePool, request_timeout_s: float, retry_after_s: int):
-        self.pool = pool
+    def __init__(
+        self,
+        pools: dict[str, InferencePool],
+        registry: VoiceRegistry,
+        breakers: dict[str, CircuitBreaker],
+        request_timeout_s: float,
+        retry_after_s: int,
+    ):
+        self.pools = pools
+        self.registry = registry
+        self.breakers = breakers
         self.request_timeout_s = request_timeout_s
         self.retry_after_s = retry_after_s
 
-    def _submit(self, request: SynthesisRequest) -> list[asyncio.Future[UnitResult]]:
+    # ---- before the cache: which engine --------------------------------------------------
+
+    def route(self, request: SynthesisRequest, prefer_fallback: bool = False) -> SynthesisRequest:
+        """An open breaker (or the degradation ladder) sends the voice to its fallback."""
+        fallback = self.registry.fallback_for(request.voice)
+        if fallback is None or fallback.engine not in self.pools:
+            return request
+        breaker = self.breakers.get(request.voice.name)
+        if prefer_fallback or (breaker is not None and not breaker.allow()):
+            return dataclasses.replace(request, voice=fallback)
+        return request
+
+    # ---- at the door: admission ----------------------------------------------------------
+
+    def admit(self, request: SynthesisRequest, admission: Admission) -> None:
+        """Refuse now (503 + Retry-After) what would miss its deadline in the queue."""
+        pool = self.pools[request.voice.engine]
+        wait_s = pool.estimated_wait_s(admission.priority, len(request.text), len(request.units))
+        if wait_s > admission.deadline_s:
+            retry = max(self.retry_after_s, math.ceil(wait_s - admission.deadline_s))
+            raise ServiceUnavailable(
+                f"busy: estimated {wait_s:.1f}s exceeds the {admission.deadline_s:g}s deadline",
+                code="would_miss_deadline", retry_after_s=retry)
+
+    # ---- synthesis -----------------------------------------------------------------------
+
+    def _submit(
+        self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
+    ) -> list[asyncio.Future[UnitResult]]:
         units = [
-            protocol.SynthesizeUnit(
-                unit_id=0,
-                voice=request.voice.name,
-                text=text,
-                speed=request.speed,
-                speaker_id=request.speaker_id,
-            )
-            for text in request.units
+            protocol.SynthesizeUnit(unit_id=0, voice=voice.name, text=text, speed=request.speed,
+                                    speaker_id=request.speaker_id if voice is request.voice
+                                    else None)
+            for text in texts
         ]
+        pool = self.pools[voice.engine]
         try:
-            return self.pool.submit(self.pool.new_request_key(), units)
-        except PoolBusy as exc:
-            raise ServiceUnavailable(str(exc), code=exc.code, retry_after_s=self.retry_after_s)
-        except PoolClosed as exc:
+            return pool.submit(pool.new_request_key(), units, priority)
+        except (PoolBusy, PoolClosed) as exc:
             raise ServiceUnavailable(str(exc), code=exc.code, retry_after_s=self.retry_after_s)
 
     async def stream(
-        self, request: SynthesisRequest, trace: SynthesisTrace
-    ) -> AsyncIterator[UnitResult]:
-        """Yield each unit's audio in order; leftover units are cancelled on any exit."""
-        futures = self._submit(request)
+        self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1
+    ) -> AsyncIterator[bytes]:
+        """Yield each unit's PCM in order; leftover units are cancelled on any exit."""
         deadline = time.monotonic() + self.request_timeout_s
         try:
-            for future in futures:
-                result = await self._wait(future, deadline)
-                trace.add(result)
-                yield result
+            futures = self._submit(request.voice, list(request.units), request, priority)
+        except PoolUnavailable:
+            futures = []
+        breaker = self.breakers.get(request.voice.name)
+        try:
+            for index, text in enumerate(request.units):
+                engine = request.voice.engine
+                try:
+                    if not futures:
+                        raise EngineFailure("the primary engine is unavailable")
+                    result = await self._wait(futures[index], deadline)
+                    if breaker is not None:
+                        breaker.record_success()
+                except EngineFailure:
+                    if breaker is not None:
+                        breaker.record_failure()
+                    result, engine = await self._fallback(request, text, deadline, priority)
+                    trace.degraded = True
+                trace.add(result, engine)
+                yield self._at_rate(result, request.voice.sample_rate)
         finally:
             for future in futures:
                 future.cancel()
+
+    async def _fallback(
+        self, request: SynthesisRequest, text: str, deadline: float, priority: int
+    ) -> tuple[UnitResult, str]:
+        fallback = self.registry.fallback_for(request.voice)
+        if fallback is None or fallback.engine not in self.pools:
+            raise ServiceUnavailable("the engine failed and no fallback is configured",
+                                     code="engine_unavailable", retry_after_s=self.retry_after_s)
+        try:
+            (future,) = self._submit(fallback, [text], request, priority)
+            return await self._wait(future, deadline), fallback.engine
+        except (EngineFailure, PoolUnavailable):
+            raise ServiceUnavailable("both engines failed", code="engine_unavailable",
+                                     retry_after_s=self.retry_after_s) from None
+
+    @staticmethod
+    def _at_rate(result: UnitResult, sample_rate: int) -> bytes:
+        """Fallback audio at the primary voice's rate, so one response has one rate."""
+        if result.sample_rate == sample_rate:
+            return result.pcm
+        samples = np.frombuffer(result.pcm, dtype="<i2").astype(np.float32)
+        resampled = soxr.resample(samples, result.sample_rate, sample_rate)
+        return resampled.clip(-32768, 32767).astype("<i2").tobytes()
 
     async def _wait(self, future: asyncio.Future[UnitResult], deadline: float) -> UnitResult:
         try:
@@ -84,14 +190,18 @@ class Synthesizer:
         except TimeoutError:
             raise ServiceUnavailable(
                 "synthesis did not finish within server.request_timeout_s",
-                code="deadline_exceeded",
-                retry_after_s=self.retry_after_s,
+                code="deadline_exceeded", retry_after_s=self.retry_after_s,
             ) from None
-        except (WorkerCrashed, PoolClosed) as exc:
-            raise ServiceUnavailable(
-                str(exc), code=exc.code, retry_after_s=self.retry_after_s
-            ) from None
+        except PoolClosed as exc:
+            raise ServiceUnavailable(str(exc), code=exc.code,
+                                     retry_after_s=self.retry_after_s) from None
         except UnitRejected as exc:
-            if exc.code in (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG):
+            if exc.code in CLIENT_FAULTS:
                 raise Unprocessable(str(exc), code=exc.code) from None
-            raise TTSError("the engine failed to synthesize this text", code=exc.code) from None
+            raise EngineFailure(str(exc)) from None
+        except (WorkerCrashed, PoolUnavailable, PoolError) as exc:
+            raise EngineFailure(str(exc)) from None
+
+    def snapshot(self) -> dict[str, object]:
+        return {name: breaker.snapshot() for name, breaker in self.breakers.items()}
+

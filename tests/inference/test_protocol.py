@@ -24,4 +24,4 @@ def test_version_mismatch_and_unknown_kinds_are_rejected():
 
 
 def test_slab_names_carry_the_front_pid():
-    assert protocol.slab_name(123, 4) == "tts-123-w4"
+    assert protocol.slab_name(123, "piper", 4) == "tts-123-piper-w4"

@@ -169,7 +169,7 @@ async def test_probes_report_health_and_readiness(shared_server):
         async with session.get(f"{shared_server.url}/readyz") as response:
             assert response.status == 200
             body = await response.json()
-    assert body["pool"]["workers_ready"] == body["pool"]["workers_total"] == 2
+    assert body["pools"]["piper"]["workers_ready"] == body["pools"]["piper"]["workers_total"] == 2
 
 
 @pytest.mark.parametrize("audio_format", ["mp3", "opus", "aac", "flac"])

@@ -23,7 +23,7 @@ async def get_json(url: str, path: str) -> dict:
 
 
 async def units_synthesized(url: str) -> int:
-    return (await get_json(url, "/readyz"))["pool"]["units_completed"]
+    return (await get_json(url, "/readyz"))["pools"]["piper"]["units_completed"]
 
 
 async def test_repeat_is_an_l1_hit_with_identical_audio(running_server):

@@ -57,12 +57,13 @@ async def test_sigkilled_worker_mid_request_is_retried_and_replaced(running_serv
     assert len(samples) / rate > 20
     await wait_for(lambda: server.get_status("/readyz") == 200)
     status, body = await readyz(server.url)
-    assert body["pool"]["workers_ready"] == 2
-    assert body["pool"]["restarts"] == 1
+    assert body["pools"]["piper"]["workers_ready"] == 2
+    assert body["pools"]["piper"]["restarts"] == 1
     workers_after = set(server.worker_pids())
     assert len(workers_after) == 2 and busy[0] not in workers_after
     # The replacement reuses its slot's slab: still exactly one segment per worker.
-    assert sorted(server.shm_segments()) == [f"tts-{server.pid}-w0", f"tts-{server.pid}-w1"]
+    expected = [f"tts-{server.pid}-{name}" for name in ("espeak-w0", "piper-w0", "piper-w1")]
+    assert sorted(server.shm_segments()) == expected
     assert server.stop() == 0
     assert shm_segments_of(server.pid) == []
 
@@ -109,7 +110,7 @@ async def test_during_drain_new_requests_are_refused_or_503_and_in_flight_finish
 async def test_front_sigkill_leaves_no_workers_redis_or_shared_memory(running_server):
     server = running_server()
     workers = [c.pid for c in psutil.Process(server.pid).children()]
-    assert len(workers) == 4  # two inference workers, the resource tracker, redis-server
+    assert len(workers) == 5  # 2 piper workers, 1 espeak, the resource tracker, redis-server
     server.process.kill()
     server.process.wait()
     await wait_for(lambda: not any(psutil.pid_exists(pid) and
