@@ -39,7 +39,10 @@ document.addEventListener("securitypolicyviolation", (event) => {
   window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
 });
 """
-FAILED_RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+FAILED_RESOURCE = re.compile(
+    r"Failed to load resource: the server responded with a status of (\d+)"
+)
+NETWORK_ERROR = re.compile(r"Failed to load resource: net::ERR_[A-Z_]+")
 
 
 def missing_browser_reason() -> str | None:
@@ -65,16 +68,22 @@ class PageSession:
         found = [m for m in self.console_errors if "Content Security Policy" in m]
         return found + list(self.page.evaluate("() => window.__cspViolations || []"))
 
-    def assert_clean(self, expected_statuses: frozenset[int] = frozenset()) -> None:
-        """No CSP violation, script error or dialog; console errors only for expected HTTP statuses."""
+    def assert_clean(
+        self, expected_statuses: frozenset[int] = frozenset(), network_errors: bool = False
+    ) -> None:
+        """No CSP violation, script error or dialog. The console may only report the failed
+        requests a test provokes: HTTP statuses it expects, or broken connections."""
         assert self.csp_violations() == []
         assert self.page_errors == []
         assert self.dialogs == []
         unexpected = []
         for message in self.console_errors:
             status = FAILED_RESOURCE.search(message)
-            if status is None or int(status.group(1)) not in expected_statuses:
-                unexpected.append(message)
+            if status is not None and int(status.group(1)) in expected_statuses:
+                continue
+            if network_errors and NETWORK_ERROR.search(message):
+                continue
+            unexpected.append(message)
         assert unexpected == []
 
 
@@ -108,9 +117,9 @@ def open_page(browser: Any) -> Iterator[Callable[..., PageSession]]:
         session = PageSession(page)
         page.on(
             "console",
-            lambda message: session.console_errors.append(message.text)
-            if message.type == "error"
-            else None,
+            lambda message: (
+                session.console_errors.append(message.text) if message.type == "error" else None
+            ),
         )
         page.on("pageerror", lambda error: session.page_errors.append(str(error)))
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.support import decode_wav, plausible_duration
 from tests.web.conftest import PageSession, missing_browser_reason
+from tests.web.proxy import BreakingProxy
 
 if (_reason := missing_browser_reason()) is not None:
     pytest.skip(_reason, allow_module_level=True)
@@ -52,6 +54,11 @@ def voices_loaded(session: PageSession) -> None:
     expect(session.page.locator("#voice optgroup")).not_to_have_count(0)
 
 
+def server_status(server: Any) -> dict[str, Any]:
+    with urllib.request.urlopen(server.url + "/ui/status", timeout=5) as response:
+        return json.load(response)
+
+
 def test_streamed_synthesis_plays_shows_timings_and_then_a_cache_hit(shared_server, open_page):
     session = open_page(shared_server.url)
     page = session.page
@@ -67,7 +74,11 @@ def test_streamed_synthesis_plays_shows_timings_and_then_a_cache_hit(shared_serv
     response = synthesize(session, text)
     assert response.status == 200
     assert response.request.post_data_json == {
-        "text": text, "voice": "joe", "speed": 1, "format": "pcm", "stream": True
+        "text": text,
+        "voice": "joe",
+        "speed": 1,
+        "format": "pcm",
+        "stream": True,
     }
     assert response.headers["transfer-encoding"] == "chunked"
     wait_until_played(session)
@@ -106,21 +117,29 @@ def test_streamed_synthesis_plays_shows_timings_and_then_a_cache_hit(shared_serv
     session.assert_clean()
 
 
-def test_whole_file_in_the_chosen_format_plays_in_the_audio_element(shared_server, open_page):
+def test_whole_files_in_the_server_formats_play_in_the_audio_element(shared_server, open_page):
     session = open_page(shared_server.url)
     page = session.page
     voices_loaded(session)
+    formats = server_status(shared_server)["formats"]
+    expect(page.locator("#format option")).to_have_count(len(formats))
+    assert page.eval_on_selector_all("#format option", "els => els.map(e => e.value)") == formats
+    expect(page.locator("#format")).to_be_disabled()  # streaming plays PCM
     page.uncheck("#stream")
     expect(page.locator("#format")).to_be_enabled()
-    page.select_option("#format", "wav")
-    response = synthesize(session, "This one arrives as a whole file.")
-    assert response.request.post_data_json["stream"] is False
-    assert response.headers["content-type"] == "audio/wav"
-    wait_until_played(session)
-    duration = float(response.headers["x-audio-duration"])
-    assert seconds(page.inner_text("#m-duration")) == pytest.approx(duration, abs=0.01)
-    played = page.evaluate("() => document.getElementById('player').currentTime")
-    assert played == pytest.approx(duration, abs=0.05)
+    compressed = [f for f in ("mp3", "opus", "aac", "flac") if f in formats][:1]
+    for index, audio_format in enumerate(["wav", *compressed]):
+        page.select_option("#format", audio_format)
+        response = synthesize(session, f"Whole file number {index + 1}.")
+        assert response.request.post_data_json["stream"] is False
+        assert response.request.post_data_json["format"] == audio_format
+        wait_until_played(session)
+        duration = float(response.headers["x-audio-duration"])
+        assert seconds(page.inner_text("#m-duration")) == pytest.approx(duration, abs=0.01)
+        played = page.evaluate("() => document.getElementById('player').currentTime")
+        assert played == pytest.approx(duration, abs=0.1)
+        name = page.get_attribute("#download", "download")
+        assert re.fullmatch(rf"tts-joe-\d{{8}}-\d{{6}}\.{audio_format}", name)
     session.assert_clean()
 
 
@@ -129,7 +148,10 @@ def test_markup_in_the_text_stays_text(shared_server, open_page):
     page = session.page
     voices_loaded(session)
     text = "<img src=x onerror=alert(1)>"
-    assert synthesize(session, text).status == 200
+    page.fill("#text", text)
+    with page.expect_response("**/api/tts") as response:
+        page.keyboard.press("Control+Enter")
+    assert response.value.status == 200
     expect(page.locator("#history li")).to_have_count(1)
     expect(page.locator("#history .history-text")).to_have_text(text)
     expect(page.locator("#result-text")).to_have_text(text)
@@ -142,7 +164,9 @@ def test_markup_in_the_text_stays_text(shared_server, open_page):
 
 def test_rate_limited_request_shows_the_retry_time(running_server, open_page):
     # One request in the burst, refilled every 100 s: the voice list spends it.
-    server = running_server({"limits": {"tiers": {"anonymous": {"requests_per_s": 0.01, "burst": 1}}}})
+    server = running_server(
+        {"limits": {"tiers": {"anonymous": {"requests_per_s": 0.01, "burst": 1}}}}
+    )
     session = open_page(server.url)
     page = session.page
     voices_loaded(session)
@@ -161,7 +185,9 @@ def test_rate_limited_request_shows_the_retry_time(running_server, open_page):
 def test_token_is_asked_for_kept_in_session_storage_and_sent(running_server, open_page):
     token = "web-page-test-token-0123456789"
     digest = hashlib.sha256(token.encode()).hexdigest()
-    server = running_server({"auth": {"tokens": [{"name": "t", "tier": "standard", "sha256": digest}]}})
+    server = running_server(
+        {"auth": {"tokens": [{"name": "t", "tier": "standard", "sha256": digest}]}}
+    )
     session = open_page(server.url)
     page = session.page
     # Without a token the voice list is refused and the page asks for one.
@@ -275,7 +301,8 @@ def test_screenshot_of_a_finished_synthesis(shared_server, open_page, tmp_path):
     synthesize(session, "Welcome to the text to speech server.")
     expect(page.locator("#history li")).to_have_count(1)
     response = synthesize(
-        session, "Good morning! This page reads your text aloud as it streams, sentence by sentence."
+        session,
+        "Good morning! This page reads your text aloud as it streams, sentence by sentence.",
     )
     assert response.status == 200
     wait_until_played(session)
@@ -297,10 +324,171 @@ def test_screenshot_of_a_finished_synthesis(shared_server, open_page, tmp_path):
 
 def test_status_payload_matches_what_the_page_expects(shared_server):
     """The page reads these /ui/status fields; fail here first if the contract moves."""
-    import urllib.request
-
-    with urllib.request.urlopen(shared_server.url + "/ui/status", timeout=5) as response:
-        status = json.load(response)
-    assert {"auth_required", "max_text_chars", "min_speed", "max_speed", "formats",
-            "degradation_level", "preview_enabled"} <= set(status)
+    status = server_status(shared_server)
+    assert {
+        "auth_required",
+        "max_text_chars",
+        "min_speed",
+        "max_speed",
+        "formats",
+        "degradation_level",
+        "preview_enabled",
+    } <= set(status)
     assert {"wav", "pcm"} <= set(status["formats"])
+
+
+def test_busy_server_says_when_to_retry(running_server, open_page):
+    # Three sentences cannot fit a queue of two units: a real 503 with Retry-After.
+    server = running_server({"pool": {"max_queued_units": 2}, "server": {"retry_after_s": 7}})
+    session = open_page(server.url)
+    page = session.page
+    voices_loaded(session)
+    response = synthesize(session, "One sentence. Two sentences. Three sentences.")
+    assert response.status == 503
+    assert response.headers["retry-after"] == "7"
+    expect(page.locator("#error-text")).to_have_text("The server is busy; retry in 7 s.")
+    page.click("#lang-toggle")  # messages follow the language
+    expect(page.locator("#error-text")).to_have_text("服务器繁忙，请在 7 秒后重试。")
+    session.assert_clean(expected_statuses=frozenset({503}))
+
+
+def test_lost_connection_mid_stream_and_before_the_answer(shared_server, open_page):
+    proxy = BreakingProxy(shared_server.port, cut_after=40_000)
+    try:
+        session = open_page(proxy.url)
+        page = session.page
+        voices_loaded(session)
+        text = "This answer is cut off on its way. The browser should say so plainly."
+        assert synthesize(session, text).status == 200
+        expect(page.locator("#error-text")).to_have_text(
+            "The connection broke while the audio was streaming. Try again.",
+            timeout=SYNTH_TIMEOUT_MS,
+        )
+        assert proxy.cuts == 1
+        expect(page.locator("#synthesize")).to_be_enabled()
+        expect(page.locator("#history li")).to_have_count(0)
+        expect(page.locator("#status")).not_to_contain_text("Done")
+
+        proxy.stop()  # now the server is gone altogether: fetch itself rejects
+        page.fill("#text", "Is anybody there?")
+        page.click("#synthesize")
+        expect(page.locator("#error-text")).to_have_text(
+            "Lost connection to the server. Check that it is running, then try again."
+        )
+        expect(page.locator("#conn")).to_have_attribute("data-state", "offline", timeout=15_000)
+        session.assert_clean(network_errors=True)
+    finally:
+        proxy.stop()
+
+
+def test_voice_picker_groups_by_language_with_engine_and_quality(shared_server, open_page):
+    """Browser-side behaviour: /api/voices is intercepted with the shape more voices will
+    have (espeak voices, Mandarin), since the server lists only its own voices today."""
+    session = open_page(shared_server.url, goto=False)
+    page = session.page
+    voices = {
+        "default": "joe",
+        "aliases": {"default": "joe"},
+        "voices": [
+            {
+                "name": "joe",
+                "language": "en_US",
+                "sample_rate": 22050,
+                "engine": "piper",
+                "quality": "medium",
+                "speakers": None,
+                "aliases": ["default"],
+            },
+            {
+                "name": "en-us-espeak",
+                "language": "en_US",
+                "sample_rate": 22050,
+                "engine": "espeak",
+                "quality": "low",
+                "speakers": None,
+                "aliases": [],
+            },
+            {
+                "name": "cmn-espeak",
+                "language": "zh_CN",
+                "sample_rate": 22050,
+                "engine": "espeak",
+                "quality": "low",
+                "speakers": None,
+                "aliases": [],
+            },
+        ],
+    }
+    page.route("**/api/voices", lambda route: route.fulfill(json=voices))
+    page.goto(shared_server.url + "/")
+    groups = page.locator("#voice optgroup")
+    expect(groups).to_have_count(2)
+    assert "en_US" in groups.nth(0).get_attribute("label")
+    assert "zh_CN" in groups.nth(1).get_attribute("label")
+    expect(groups.nth(0).locator("option")).to_have_text(
+        ["en-us-espeak · espeak · low", "joe · piper · medium"]
+    )
+    expect(groups.nth(1).locator("option")).to_have_text(["cmn-espeak · espeak · low"])
+    expect(page.locator("#voice")).to_have_value("joe")  # the server's default
+    page.click("#lang-toggle")
+    expect(groups.nth(1).locator("option")).to_have_text(["cmn-espeak · espeak · 低"])
+    assert "中文" in groups.nth(1).get_attribute("label")
+    session.assert_clean()
+
+
+def test_history_keeps_the_last_ten_and_revokes_dropped_audio(shared_server, open_page):
+    session = open_page(shared_server.url)
+    page = session.page
+    voices_loaded(session)
+    page.uncheck("#stream")
+    page.select_option("#format", "wav")
+    text = "Ten make a list."
+    synthesize(session, text)
+    expect(page.locator("#history li")).to_have_count(1)
+    oldest = page.get_attribute("#history li a", "href")
+    assert oldest.startswith("blob:")
+    # (fetch() may not read blob: URLs under the page's CSP; an <audio> element may.)
+    fetch_blob = """url => new Promise(resolve => {
+        const audio = new Audio();
+        audio.onloadedmetadata = () => resolve(audio.duration);
+        audio.onerror = () => resolve(-1);
+        audio.src = url;
+    })"""
+    assert page.evaluate(fetch_blob, oldest) > 0
+    for count in range(2, 12):
+        synthesize(session, text)  # cache hits: quick
+        expect(page.locator("#history li")).to_have_count(min(count, 10))
+    assert page.evaluate(fetch_blob, oldest) == -1  # revoked when it fell off the list
+    newest = page.get_attribute("#history li a", "href")
+    page.locator("#history li").first.get_by_role("button", name=re.compile("^Remove")).click()
+    expect(page.locator("#history li")).to_have_count(9)
+    assert page.evaluate(fetch_blob, newest) == -1
+    expect(page.locator("#result-empty")).to_be_visible()  # it was the one on display
+    session.assert_clean(network_errors=True)  # loading a revoked URL logs an error
+
+
+def test_keyboard_order_labels_and_live_regions(shared_server, open_page):
+    session = open_page(shared_server.url)
+    page = session.page
+    voices_loaded(session)
+    expect(page.locator("#text")).to_be_focused()  # ready to type
+
+    def walk(key: str, steps: int) -> list[str]:
+        order = []
+        for _ in range(steps):
+            page.keyboard.press(key)
+            order.append(page.evaluate("() => document.activeElement.id"))
+        return order
+
+    # The format list is skipped while streaming (it is disabled); so is Stop when idle.
+    assert walk("Tab", 4) == ["voice", "speed", "stream", "synthesize"]
+    assert walk("Shift+Tab", 5) == ["stream", "speed", "voice", "text", "lang-toggle"]
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+              .filter(el => el.labels.length === 0 && !el.getAttribute('aria-label'))
+              .map(el => el.id)"""
+    )
+    assert unlabelled == []
+    assert page.get_attribute("#status", "aria-live") == "polite"
+    assert page.get_attribute("#error", "role") == "alert"
+    session.assert_clean()
