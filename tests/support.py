@@ -56,6 +56,8 @@ TEST_SECTIONS: dict[str, dict[str, Any]] = {
     "server": {"drain_timeout_s": 10.0, "log_level": "INFO"},
     "pool": {"workers": 2, "restart_backoff_s": 0.2, "stop_timeout_s": 3.0},
     "synthesis": {"noise_scale": 0.0, "noise_w_scale": 0.0},
+    # The machine's CPU is the tests' own business: only the ladder's tests turn it on.
+    "degradation": {"enabled": False},
 }
 
 

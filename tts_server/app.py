@@ -17,6 +17,7 @@ from . import keys
 from .breaker import BreakerPolicy, CircuitBreaker
 from .cache import AudioCache, MemoryLRU, RedisTier
 from .config import CacheSettings, ConfigError, Settings
+from .degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from .errors import TTSError
 from .handlers import setup_routes
 from .gateway import Gateway
@@ -165,6 +166,19 @@ async def gateway_context(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+async def degradation_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS].degradation
+    task = None
+    if settings.enabled:
+        reader = (file_cpu_reader(settings.cpu_reading_file) if settings.cpu_reading_file
+                  else system_cpu_reader())
+        ladder = DegradationLadder(settings, app[keys.RUN_STATE], reader)
+        task = asyncio.get_running_loop().create_task(ladder.run())
+    yield
+    if task is not None:
+        task.cancel()
+
+
 async def encoder_context(app: web.Application) -> AsyncIterator[None]:
     threads = app[keys.SETTINGS].server.encode_threads
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
@@ -203,6 +217,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)
     app.cleanup_ctx.append(gateway_context)
+    app.cleanup_ctx.append(degradation_context)
     app.on_response_prepare.append(add_request_headers)
     setup_routes(app)
     return app

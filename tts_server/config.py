@@ -138,6 +138,25 @@ class BreakerSettings:
 
 
 @dataclass(frozen=True)
+class DegradationSettings:
+    enabled: bool = True
+    sample_interval_s: float = 1.0
+    # Step up when the CPU average over window_s is at or above up_cpu_percent (the seed:
+    # above 90 % for 10 s); step down when below down_cpu_percent over down_window_s.
+    window_s: float = 10.0
+    up_cpu_percent: float = 90.0
+    down_window_s: float = 30.0
+    down_cpu_percent: float = 70.0
+    # Test seam: read the CPU % from this file instead of the machine ("" = the machine).
+    cpu_reading_file: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.sample_interval_s > 0, "degradation.sample_interval_s must be > 0")
+        _require(self.down_cpu_percent < self.up_cpu_percent,
+                 "degradation.down_cpu_percent must be below up_cpu_percent")
+
+
+@dataclass(frozen=True)
 class VoiceSettings:
     default: str = "joe"
     # Extra voices: every *.onnx with its *.onnx.json in this directory.
@@ -331,6 +350,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    degradation: DegradationSettings = field(default_factory=DegradationSettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens

@@ -72,6 +72,9 @@ async def add_request_headers(request: web.Request, response: web.StreamResponse
     decision = request.get(RATE_DECISION)
     if decision is not None:
         response.headers.update(ratelimit_headers(decision))
+    if request.path.startswith(API_PREFIXES):
+        level = request.app[keys.RUN_STATE].degradation_level
+        response.headers["X-Degradation-Level"] = str(level)
 
 
 @web.middleware
