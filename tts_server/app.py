@@ -20,6 +20,7 @@ from .config import CacheSettings, ConfigError, Settings
 from .degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from .errors import TTSError
 from .handlers import setup_routes
+from .jobs import setup_jobs
 from .gateway import Gateway
 from .middlewares import MIDDLEWARES, add_request_headers
 from .ratelimit import RedisLimiter
@@ -218,6 +219,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(cache_context)
     app.cleanup_ctx.append(gateway_context)
     app.cleanup_ctx.append(degradation_context)
+    setup_jobs(app)  # after the pools, cache and gateway it uses
     app.on_response_prepare.append(add_request_headers)
     setup_routes(app)
     return app
