@@ -81,6 +81,7 @@ class PoolOptions:
     # Multi-threaded sessions exist in the workers (WorkerSpec.solo_threads > 1).
     solo_enabled: bool = True
     log_level: str = "INFO"
+    log_format: str = "auto"
     # Starting point of the wait estimate until real units have been measured.
     initial_seconds_per_char: float = 0.006
 
@@ -167,6 +168,14 @@ class WorkerHandle:
     units_done: int = 0
     # Its last start failed (Fatal): it cannot run anything until a restart succeeds.
     broken: bool = False
+    # CPU seconds of this slot's earlier processes, and the latest report of the current one.
+    cpu_s_before: float = 0.0
+    cpu_s_current: float = 0.0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Monotonic across restarts, so a counter built on it never goes back."""
+        return self.cpu_s_before + self.cpu_s_current
 
     @property
     def idle(self) -> bool:
@@ -301,6 +310,8 @@ class InferencePool:
                 "state": h.state.value,
                 "busy": h.unit is not None,
                 "restarts": h.restarts,
+                "units_done": h.units_done,
+                "cpu_seconds": round(h.cpu_seconds, 3),
             }
             for h in self._handles
         ]
@@ -356,6 +367,7 @@ class InferencePool:
             return
         handle.unit = None
         handle.units_done += 1
+        handle.cpu_s_current = done.process_cpu_s
         self.units_completed += 1
         if not unit.message.solo and unit.message.text:
             self._learn_speed(done.synthesis_ms / 1000 / len(unit.message.text))
@@ -390,6 +402,7 @@ class InferencePool:
         elif isinstance(message, protocol.Ready):
             handle.state = WorkerState.READY
             handle.broken = False
+            handle.cpu_s_current = message.process_cpu_s
             LOG.info("worker %d ready (pid %d)", handle.index, message.pid)
             if handle.started is not None and not handle.started.done():
                 handle.started.set_result(None)
@@ -408,7 +421,7 @@ class InferencePool:
         front_sock, worker_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = self._ctx.Process(
             target=run_worker,
-            args=(handle.spec, worker_sock, self.options.log_level),
+            args=(handle.spec, worker_sock, self.options.log_level, self.options.log_format),
             name=f"tts-worker-{handle.index}",
             daemon=True,
         )
@@ -440,6 +453,8 @@ class InferencePool:
     async def _on_worker_exit(self, handle: WorkerHandle) -> None:
         handle.state = WorkerState.DEAD
         handle.writer = None
+        handle.cpu_s_before += handle.cpu_s_current
+        handle.cpu_s_current = 0.0
         if handle.started is not None and not handle.started.done():
             handle.started.set_exception(PoolStartError(f"worker {handle.index} exited at start"))
         unit, handle.unit = handle.unit, None

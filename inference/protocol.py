@@ -95,6 +95,8 @@ class Ready(Message):
     kind: ClassVar[str] = "ready"
     pid: int
     voices: tuple[str, ...]
+    # CPU seconds this worker process has used so far (all threads).
+    process_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class UnitDone(Message):
     samples: int
     sample_rate: int
     synthesis_ms: float
+    # CPU seconds this worker process has used so far: the front's per-process metric.
+    process_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from . import protocol
+from .logconfig import configure_logging
 from .options import SynthesisOptions, ThreadPlan, VoiceError
 
 LOG = logging.getLogger("tts.inference.worker")
@@ -106,20 +107,21 @@ class Worker:
             message = f"audio of {len(payload)} bytes exceeds the {self.spec.slab_bytes}-byte slab"
             return protocol.UnitFailed(unit_id, protocol.FAIL_AUDIO_TOO_LONG, message)
         self.slab.buf[: len(payload)] = payload
-        return protocol.UnitDone(unit_id, len(audio), sample_rate, elapsed_ms)
+        return protocol.UnitDone(unit_id, len(audio), sample_rate, elapsed_ms, time.process_time())
 
     def close(self) -> None:
         self.slab.close()
         self.sock.close()
 
 
-def run_worker(spec: protocol.WorkerSpec, sock: socket.socket, log_level: str = "INFO") -> None:
+def run_worker(
+    spec: protocol.WorkerSpec, sock: socket.socket, log_level: str = "INFO",
+    log_format: str = "auto",
+) -> None:
     """Process entry point (target of multiprocessing's spawn)."""
     # Ctrl-C reaches the whole process group; the front decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s worker-{spec.index} %(message)s"
-    )
+    configure_logging(log_level, log_format)
     worker = Worker(spec, sock)
     try:
         worker.load_voices()
@@ -128,7 +130,7 @@ def run_worker(spec: protocol.WorkerSpec, sock: socket.socket, log_level: str = 
         worker.send(protocol.Fatal(f"{type(exc).__name__}: {exc}"))
         worker.close()
         return
-    worker.send(protocol.Ready(pid=os.getpid(), voices=tuple(worker.voices)))
+    worker.send(protocol.Ready(os.getpid(), tuple(worker.voices), time.process_time()))
     try:
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):

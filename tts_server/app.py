@@ -22,6 +22,7 @@ from .errors import TTSError
 from .handlers import setup_routes
 from .jobs import setup_jobs
 from .gateway import Gateway
+from .metrics import Metrics, StateCollector
 from .middlewares import MIDDLEWARES, add_request_headers
 from .ratelimit import RedisLimiter
 from .redis_server import RedisProcess, find_redis_server
@@ -76,6 +77,7 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
             stop_timeout_s=pool_settings.stop_timeout_s,
             solo_enabled=solo_threads > 1,
             log_level=settings.server.log_level,
+            log_format=settings.server.log_format,
             initial_seconds_per_char=0.006 if engine == "piper" else 0.0002,
         )
         pools[engine] = InferencePool(options, _worker_spec_factory(settings, files, solo_threads))
@@ -98,9 +100,11 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
         raise
+    metrics = app.get(keys.METRICS)
     app[keys.SYNTHESIZER] = Synthesizer(pools, registry, build_breakers(settings, registry),
                                         settings.server.request_timeout_s,
-                                        settings.server.retry_after_s)
+                                        settings.server.retry_after_s,
+                                        on_unit=metrics.observe_unit if metrics else None)
     yield
     await asyncio.gather(*(pool.stop() for pool in pools.values()))
 
@@ -214,6 +218,9 @@ def create_app(settings: Settings) -> web.Application:
         settings.voices, espeak=settings.pool.espeak_workers > 0
     )
     app[keys.RUN_STATE] = keys.RunState()
+    if settings.server.metrics:
+        app[keys.METRICS] = Metrics()
+        app[keys.METRICS].registry.register(StateCollector(app, keys))
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)

@@ -38,7 +38,13 @@ class ServerSettings:
     encode_threads: int = 2
     retry_after_s: int = 2
     access_log: bool = True
+    # Successful requests logged (0..1); errors are always logged.
+    access_log_sample_rate: float = 1.0
     log_level: str = "INFO"
+    # "json" lines, "text", or "auto" (text on a terminal, JSON otherwise).
+    log_format: str = "auto"
+    # GET /metrics (Prometheus); off also skips the per-request observations.
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, f"server.port must be 0..65535, got {self.port}")
@@ -46,6 +52,10 @@ class ServerSettings:
         _require(self.drain_timeout_s >= 0, "server.drain_timeout_s must be >= 0")
         _require(self.request_timeout_s > 0, "server.request_timeout_s must be > 0")
         _require(self.retry_after_s >= 1, "server.retry_after_s must be >= 1")
+        _require(0.0 <= self.access_log_sample_rate <= 1.0,
+                 "server.access_log_sample_rate must be within 0..1")
+        _require(self.log_format in ("json", "text", "auto"),
+                 "server.log_format must be json, text or auto")
 
     @property
     def binds_loopback_only(self) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import keys
 from .gateway import IDENTITY
@@ -16,7 +18,8 @@ from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
 from .openai_api import list_models, list_voices, parse_speech_request
 from .speech import Speech
 from .synthesis import Admission
-from .responses import sse_audio, streamed_audio, whole_audio
+from .observe import REQUEST_INFO, RequestInfo
+from .responses import AudioResponder
 
 LOG = logging.getLogger("tts.server")
 JSON_TYPES = frozenset({"application/json"})
@@ -44,12 +47,15 @@ async def read_json(request: web.Request) -> Any:
 
 async def _speak(request: web.Request, req: SynthesisRequest) -> Speech:
     """Gateway checks, then engine routing (breaker, ladder), then cache or admission."""
+    request[REQUEST_INFO] = RequestInfo(voice=req.voice.name, chars=len(req.text),
+                                        audio_format=req.audio_format)
     await _admit_synthesis(request, req)
     app = request.app
     tier = app[keys.GATEWAY].tier(request[IDENTITY])
     level = app[keys.RUN_STATE].degradation_level
     protected = tier.priority == 0  # the ladder never degrades the top lane
     req = app[keys.SYNTHESIZER].route(req, prefer_fallback=level >= 2 and not protected)
+    request[REQUEST_INFO].voice = req.voice.name
     admission = Admission(
         priority=tier.priority,
         deadline_s=_deadline_s(request, tier.deadline_s),
@@ -79,10 +85,8 @@ async def tts(request: web.Request) -> web.StreamResponse:
     app = request.app
     req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
     speech = await _speak(request, req)
-    executor = app[keys.ENCODERS]
-    if req.stream:
-        return await streamed_audio(request, req, speech, executor)
-    return await whole_audio(req, speech, executor)
+    responder = AudioResponder(request, req, speech)
+    return await (responder.streamed() if req.stream else responder.whole())
 
 
 async def openai_speech(request: web.Request) -> web.StreamResponse:
@@ -91,9 +95,8 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     req, as_sse = parse_speech_request(body, app[keys.REGISTRY], app[keys.SETTINGS])
     speech = await _speak(request, req)
-    if as_sse:
-        return await sse_audio(request, req, speech, app[keys.ENCODERS])
-    return await streamed_audio(request, req, speech, app[keys.ENCODERS])
+    responder = AudioResponder(request, req, speech)
+    return await (responder.sse() if as_sse else responder.streamed())
 
 
 async def _admit_synthesis(request: web.Request, req: SynthesisRequest) -> None:
@@ -168,7 +171,15 @@ async def ui_status(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[keys.METRICS].registry
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def setup_routes(app: web.Application) -> None:
+    if keys.METRICS in app:
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/ui/status", ui_status)
     app.router.add_static("/static/", STATIC_DIR)

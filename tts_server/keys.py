@@ -11,6 +11,7 @@ from inference.pool import InferencePool
 
 from .config import Settings
 from .gateway import Gateway
+from .metrics import Metrics
 from .speech import SpeechService
 from .synthesis import Synthesizer
 from .voices import VoiceRegistry
@@ -39,5 +40,6 @@ SPEECH = web.AppKey("speech", SpeechService)
 GATEWAY = web.AppKey("gateway", Gateway)
 # The Redis the cache uses (private or external), shared with the rate limiter.
 REDIS_URL = web.AppKey("redis_url", str)
+METRICS = web.AppKey("metrics", Metrics)
 # Bounded pool that encodes audio off the event loop.
 ENCODERS = web.AppKey("encoders", ThreadPoolExecutor)

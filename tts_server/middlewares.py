@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import keys
 from .errors import ServiceUnavailable, TTSError
+from .observe import ERROR_CODE, observe_middleware
 from .openai_api import openai_error_body
 from .gateway import (
     API_PREFIXES,
@@ -87,11 +88,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except TTSError as error:
+        request[ERROR_CODE] = error.code
         return error_response(error, openai_shape)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
+        request[ERROR_CODE] = code
         error = TTSError(exc.reason, code=code)
         error.status = exc.status
         return error_response(error, openai_shape)
@@ -126,4 +129,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-MIDDLEWARES = (request_id_middleware, error_middleware, drain_middleware, gateway_middleware)
+MIDDLEWARES = (
+    request_id_middleware,
+    observe_middleware,
+    error_middleware,
+    drain_middleware,
+    gateway_middleware,
+)

@@ -9,12 +9,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from concurrent.futures import Executor
+import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from . import keys
 from .audio import duration_s
-from .encoding import encode_stream, encode_whole, get_format, open_encoder, output_rate
+from .encoding import (
+    StreamEncoder,
+    encode_stream,
+    encode_whole,
+    get_format,
+    open_encoder,
+    output_rate,
+)
+from .observe import REQUEST_INFO, RequestInfo
 from .schema import SynthesisRequest
 from .speech import Speech
 from .synthesis import SynthesisTrace
@@ -39,55 +49,110 @@ def audio_headers(req: SynthesisRequest, speech: Speech, output_rate: int) -> di
     }
 
 
-async def whole_audio(req: SynthesisRequest, speech: Speech, executor: Executor) -> web.Response:
-    pcm = b"".join([chunk async for chunk in speech.chunks])
-    loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(
-        executor, encode_whole, req.audio_format, pcm, speech.sample_rate
-    )
-    headers = audio_headers(req, speech, output_rate(req.audio_format, speech.sample_rate))
-    headers["X-Audio-Duration"] = f"{duration_s(len(pcm), speech.sample_rate):.3f}"
-    return web.Response(body=body, headers=headers)
+class TimedEncoder:
+    """Adds up the time one response spends encoding (in the executor's threads)."""
+
+    def __init__(self, encoder: StreamEncoder) -> None:
+        self.inner = encoder
+        self.output_rate = encoder.output_rate
+        self.seconds = 0.0
+
+    def feed(self, pcm: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return self.inner.feed(pcm)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def finish(self) -> bytes:
+        started = time.perf_counter()
+        try:
+            return self.inner.finish()
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
-async def streamed_audio(
-    request: web.Request, req: SynthesisRequest, speech: Speech, executor: Executor
-) -> web.StreamResponse:
-    encoder = open_encoder(req.audio_format, speech.sample_rate)
-    response: web.StreamResponse | None = None
-    async for data in encode_stream(speech.chunks, encoder, executor):
-        if response is None:
-            response = web.StreamResponse(headers=audio_headers(req, speech, encoder.output_rate))
+class AudioResponder:
+    """Writes one request's audio and records what the access log and metrics report."""
+
+    def __init__(self, request: web.Request, req: SynthesisRequest, speech: Speech) -> None:
+        self.request = request
+        self.req = req
+        self.speech = speech
+        self.executor = request.app[keys.ENCODERS]
+        self.metrics = request.app.get(keys.METRICS)
+        self.info: RequestInfo = request[REQUEST_INFO]
+        self.info.cache = speech.cache_status
+        self.info.trace = speech.trace
+        self.info.sample_rate = speech.sample_rate
+
+    async def _pcm(self) -> AsyncIterator[bytes]:
+        async for chunk in self.speech.chunks:
+            self.info.audio_bytes += len(chunk)
+            self.info.engine = self.speech.trace.engine or self.req.voice.engine
+            self.info.cache = self.speech.cache_status
+            yield chunk
+
+    def _observe_encoding(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.encoding_seconds.labels(self.req.audio_format).observe(seconds)
+
+    async def whole(self) -> web.Response:
+        pcm = b"".join([chunk async for chunk in self._pcm()])
+        started = time.perf_counter()
+        body = await asyncio.get_running_loop().run_in_executor(
+            self.executor, encode_whole, self.req.audio_format, pcm, self.speech.sample_rate
+        )
+        self._observe_encoding(time.perf_counter() - started)
+        rate = output_rate(self.req.audio_format, self.speech.sample_rate)
+        headers = audio_headers(self.req, self.speech, rate)
+        headers["X-Audio-Duration"] = f"{duration_s(len(pcm), self.speech.sample_rate):.3f}"
+        return web.Response(body=body, headers=headers)
+
+    async def _encoded(self, encoder: TimedEncoder) -> AsyncIterator[bytes]:
+        async for data in encode_stream(self._pcm(), encoder, self.executor):  # type: ignore[arg-type]
+            yield data
+        self._observe_encoding(encoder.seconds)
+
+    async def _start(self, headers: dict[str, str], chunked: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers=headers)
+        if chunked:
             response.enable_chunked_encoding()
-            await response.prepare(request)
-        await response.write(data)
-    assert response is not None  # an encoder always emits at least its final bytes
-    await response.write_eof()
-    return response
+        await response.prepare(self.request)
+        self.info.first_byte_at = time.monotonic()
+        return response
+
+    async def streamed(self) -> web.StreamResponse:
+        """Chunked audio from one continuous encoder; headers leave with the first bytes."""
+        encoder = TimedEncoder(open_encoder(self.req.audio_format, self.speech.sample_rate))
+        response: web.StreamResponse | None = None
+        async for data in self._encoded(encoder):
+            if response is None:
+                headers = audio_headers(self.req, self.speech, encoder.output_rate)
+                response = await self._start(headers, chunked=True)
+            await response.write(data)
+        assert response is not None  # an encoder always emits at least its final bytes
+        await response.write_eof()
+        return response
+
+    async def sse(self) -> web.StreamResponse:
+        """OpenAI's stream_format "sse": speech.audio.delta events, then speech.audio.done."""
+        encoder = TimedEncoder(open_encoder(self.req.audio_format, self.speech.sample_rate))
+        response: web.StreamResponse | None = None
+        async for data in self._encoded(encoder):
+            if response is None:
+                headers = audio_headers(self.req, self.speech, encoder.output_rate)
+                headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                response = await self._start(headers, chunked=False)
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            await response.write(sse_event(delta))
+        assert response is not None
+        characters = len(self.req.text)
+        usage = {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}
+        await response.write(sse_event({"type": "speech.audio.done", "usage": usage}))
+        await response.write_eof()
+        return response
 
 
 def sse_event(payload: dict[str, object]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-async def sse_audio(
-    request: web.Request, req: SynthesisRequest, speech: Speech, executor: Executor
-) -> web.StreamResponse:
-    """OpenAI's stream_format "sse": speech.audio.delta events, then speech.audio.done."""
-    encoder = open_encoder(req.audio_format, speech.sample_rate)
-    response: web.StreamResponse | None = None
-    async for data in encode_stream(speech.chunks, encoder, executor):
-        if response is None:
-            headers = audio_headers(req, speech, encoder.output_rate)
-            headers["Content-Type"] = "text/event-stream"
-            headers["Cache-Control"] = "no-cache"
-            response = web.StreamResponse(headers=headers)
-            await response.prepare(request)
-        delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
-        await response.write(sse_event(delta))
-    assert response is not None
-    characters = len(req.text)
-    usage = {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}
-    await response.write(sse_event({"type": "speech.audio.done", "usage": usage}))
-    await response.write_eof()
-    return response

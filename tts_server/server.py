@@ -15,6 +15,8 @@ import signal
 import uvloop
 from aiohttp import web
 
+from inference.logconfig import configure_logging
+
 from . import keys
 from .app import create_app
 from .config import ConfigError, Settings
@@ -54,7 +56,7 @@ async def serve(settings: Settings, signals: SignalRecorder | None = None) -> No
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=logging.getLogger("tts.access") if settings.server.access_log else None,
+        access_log=None,  # ours is structured and written by observe_middleware
         shutdown_timeout=settings.server.drain_timeout_s,
         handler_cancellation=True,  # a client that hangs up cancels its queued work
     )
@@ -82,7 +84,5 @@ async def reload_on_sighup(app: web.Application, signals: SignalRecorder) -> Non
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.server.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.server.log_level, settings.server.log_format)
     uvloop.run(serve(settings))

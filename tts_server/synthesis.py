@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,8 @@ from .schema import SynthesisRequest
 from .voices import VoiceInfo, VoiceRegistry
 
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
+# engine, queue ms, synthesis ms, samples, sample rate, characters: called per unit.
+UnitObserver = Callable[[str, float, float, int, int, int], None]
 
 
 class EngineFailure(Exception):
@@ -83,7 +85,9 @@ class Synthesizer:
         breakers: dict[str, CircuitBreaker],
         request_timeout_s: float,
         retry_after_s: int,
+        on_unit: UnitObserver | None = None,
     ):
+        self.on_unit = on_unit
         self.pools = pools
         self.registry = registry
         self.breakers = breakers
@@ -156,6 +160,9 @@ class Synthesizer:
                     result, engine = await self._fallback(request, text, deadline, priority)
                     trace.degraded = True
                 trace.add(result, engine)
+                if self.on_unit is not None:
+                    self.on_unit(engine, result.queue_ms, result.synthesis_ms,
+                                 len(result.pcm) // 2, result.sample_rate, len(text))
                 yield self._at_rate(result, request.voice.sample_rate)
         finally:
             for future in futures:

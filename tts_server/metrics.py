@@ -1,0 +1,181 @@
+"""Prometheus metrics for the front and every worker, through prometheus_client.
+
+Request-level histograms and counters are observed as requests pass. Everything that is
+state (queue depths, workers up, restarts, breakers, the degradation level, cache and
+gateway counters, CPU and memory per process) is read at scrape time by one collector,
+so it is never out of date and costs nothing between scrapes. Worker CPU comes over the
+existing control channel (each reply carries the worker's CPU seconds), kept monotonic
+per worker slot across restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# The *_created series only double the exposition; nothing here reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2)
+CHARS_BUCKETS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 20000, 100000)
+ENCODE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """Every metric the server exports, in its own registry (tests build several apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("tts_requests_total", "HTTP requests answered",
+                                ["route", "status", "engine", "voice", "tier"], registry=r)
+        self.in_flight = Gauge("tts_requests_in_flight", "HTTP requests being answered",
+                               ["route"], registry=r)
+        self.request_seconds = Histogram("tts_request_duration_seconds",
+                                         "Total time to answer a request", ["route"],
+                                         buckets=LATENCY_BUCKETS_S, registry=r)
+        self.first_audio_seconds = Histogram("tts_time_to_first_audio_seconds",
+                                             "From request to the first audio byte sent",
+                                             ["route"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_wait_seconds = Histogram("tts_queue_wait_seconds",
+                                            "Time a sentence waited for a worker", ["engine"],
+                                            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.synthesis_seconds = Histogram("tts_synthesis_seconds",
+                                           "Worker time to synthesize one sentence",
+                                           ["engine"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.encoding_seconds = Histogram("tts_encoding_seconds",
+                                          "Time encoding one response's audio", ["format"],
+                                          buckets=ENCODE_BUCKETS_S, registry=r)
+        self.real_time_factor = Histogram("tts_real_time_factor_ratio",
+                                          "Synthesis seconds per audio second, per sentence",
+                                          ["engine"], buckets=RTF_BUCKETS, registry=r)
+        self.request_chars = Histogram("tts_request_characters", "Characters per request",
+                                       buckets=CHARS_BUCKETS, registry=r)
+        self.audio_seconds = Counter("tts_audio_seconds_total", "Audio produced, in seconds",
+                                     ["engine"], registry=r)
+        self.chars_synthesized = Counter("tts_characters_synthesized_total",
+                                         "Characters synthesized", ["engine"], registry=r)
+        self.cache_results = Counter("tts_cache_requests_total", "Cache outcome per request",
+                                     ["result"], registry=r)
+        self.admission_rejections = Counter("tts_admission_rejections_total",
+                                            "Requests refused at the door", ["reason"],
+                                            registry=r)
+
+    def observe_unit(self, engine: str, queue_ms: float, synthesis_ms: float, samples: int,
+                     sample_rate: int, chars: int) -> None:
+        audio_s = samples / sample_rate if sample_rate else 0.0
+        self.queue_wait_seconds.labels(engine).observe(queue_ms / 1000)
+        self.synthesis_seconds.labels(engine).observe(synthesis_ms / 1000)
+        if audio_s > 0:
+            self.real_time_factor.labels(engine).observe(synthesis_ms / 1000 / audio_s)
+        self.audio_seconds.labels(engine).inc(audio_s)
+        self.chars_synthesized.labels(engine).inc(chars)
+
+
+class StateCollector(Collector):
+    """Reads the server's live state when Prometheus scrapes."""
+
+    def __init__(self, app: web.Application, keys: object) -> None:
+        self.app = app
+        self.keys = keys
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._pools()
+        yield from self._breakers_and_ladder()
+        yield from self._cache()
+        yield from self._gateway()
+        yield from self._processes()
+
+    def _get(self, name: str) -> object | None:
+        return self.app.get(getattr(self.keys, name))
+
+    def _pools(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily("tts_workers_up", "Workers ready", labels=["engine"])
+        restarts = CounterMetricFamily("tts_worker_restarts", "Worker restarts",
+                                       labels=["engine"])
+        depth = GaugeMetricFamily("tts_queue_depth", "Sentences waiting for a worker",
+                                  labels=["engine", "priority"])
+        for engine, pool in (self._get("POOLS") or {}).items():
+            snap = pool.snapshot()
+            up.add_metric([engine], snap["workers_ready"])
+            restarts.add_metric([engine], snap["restarts"])
+            for priority in (0, 1, 2):
+                depth.add_metric([engine, str(priority)],
+                                 snap["queued_by_priority"].get(priority, 0))
+        yield from (up, restarts, depth)
+
+    def _breakers_and_ladder(self) -> Iterator[GaugeMetricFamily]:
+        breaker = GaugeMetricFamily("tts_breaker_state",
+                                    "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                    labels=["voice"])
+        synthesizer = self._get("SYNTHESIZER")
+        for voice, snap in (synthesizer.snapshot() if synthesizer else {}).items():
+            breaker.add_metric([voice], BREAKER_VALUES[snap["state"]])
+        yield breaker
+        state = self._get("RUN_STATE")
+        level = state.degradation_level if state else 0
+        yield GaugeMetricFamily("tts_degradation_level", "Degradation ladder level (0-3)",
+                                value=level)
+
+    def _cache(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        speech = self._get("SPEECH")
+        cache = speech.cache if speech is not None else None
+        size = GaugeMetricFamily("tts_cache_bytes", "Bytes held in the cache", labels=["tier"])
+        errors = CounterMetricFamily("tts_cache_redis_errors", "Redis errors and garbage")
+        evictions = CounterMetricFamily("tts_cache_evictions", "Entries evicted",
+                                        labels=["tier"])
+        if cache is not None:
+            l1 = cache.l1.snapshot()
+            size.add_metric(["l1"], l1["bytes"])
+            evictions.add_metric(["l1"], l1["evictions"])
+            errors.add_metric([], cache.l2.stats.errors if cache.l2 is not None else 0)
+        yield from (size, errors, evictions)
+
+    def _gateway(self) -> Iterator[CounterMetricFamily]:
+        rejections = CounterMetricFamily("tts_gateway_rejections",
+                                         "Auth and rate-limit rejections", labels=["reason"])
+        gateway = self._get("GATEWAY")
+        for reason, count in (gateway.rejections.items() if gateway else []):
+            rejections.add_metric([reason], count)
+        yield rejections
+
+    def _processes(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        cpu = CounterMetricFamily("tts_process_cpu_seconds", "CPU time per process",
+                                  labels=["process"])
+        rss = GaugeMetricFamily("tts_process_resident_memory_bytes", "RSS per process",
+                                labels=["process"])
+        front = psutil.Process(os.getpid())
+        times = front.cpu_times()
+        cpu.add_metric(["front"], times.user + times.system)
+        rss.add_metric(["front"], front.memory_info().rss)
+        for engine, pool in (self._get("POOLS") or {}).items():
+            for worker in pool.worker_states():
+                name = f"{engine}-{worker['index']}"
+                cpu.add_metric([name], worker["cpu_seconds"])
+                rss.add_metric([name], _rss(worker["pid"]) if worker["state"] != "dead" else 0)
+        yield from (cpu, rss)
+
+
+def _rss(pid: int | None) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss if pid else 0
+    except psutil.Error:
+        return 0
+

@@ -1,0 +1,127 @@
+"""Per-request observation: one access-log line and the request metrics, in one middleware.
+
+Handlers fill a RequestInfo on the request (voice, engine, characters, cache result,
+timings); the middleware reads it once the response, streamed or not, is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import keys
+from .gateway import IDENTITY
+from .synthesis import SynthesisTrace
+
+ACCESS_LOG = logging.getLogger("tts.access")
+REQUEST_INFO = "request_info"
+ERROR_CODE = "error_code"
+ADMISSION_CODES = frozenset(
+    {"would_miss_deadline", "shedding", "overloaded", "draining", "engine_unavailable"}
+)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class RequestInfo:
+    voice: str | None = None
+    engine: str | None = None
+    chars: int = 0
+    cache: str | None = None
+    audio_format: str | None = None
+    trace: SynthesisTrace | None = None
+    audio_bytes: int = 0
+    sample_rate: int = 0
+    first_byte_at: float | None = None
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_bytes / 2 / self.sample_rate if self.sample_rate else 0.0
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _log_fields(request: web.Request, status: int, total_s: float) -> dict[str, object]:
+    info: RequestInfo | None = request.get(REQUEST_INFO)
+    identity = request.get(IDENTITY)
+    fields: dict[str, object] = {
+        "request_id": request.get("request_id"),
+        "method": request.method,
+        "route": route_of(request),
+        "status": status,
+        "total_ms": round(total_s * 1000, 1),
+        "client": identity.name if identity is not None else request.remote,
+    }
+    if ERROR_CODE in request:
+        fields["error"] = request[ERROR_CODE]
+    if info is not None:
+        trace = info.trace
+        fields.update(
+            voice=info.voice, engine=info.engine, chars=info.chars, cache=info.cache,
+            format=info.audio_format, audio_s=round(info.audio_s, 3),
+            queue_ms=round(trace.queue_ms, 1) if trace else None,
+            synthesis_ms=round(trace.synthesis_ms, 1) if trace else None,
+        )
+    return fields
+
+
+def _observe(app: web.Application, request: web.Request, status: int, total_s: float) -> None:
+    metrics = app.get(keys.METRICS)
+    info: RequestInfo | None = request.get(REQUEST_INFO)
+    route = route_of(request)
+    if metrics is not None:
+        identity = request.get(IDENTITY)
+        tier = identity.tier if identity is not None else ""
+        voice = info.voice or "" if info else ""
+        engine = info.engine or "" if info else ""
+        metrics.requests.labels(route, str(status), engine, voice, tier).inc()
+        metrics.request_seconds.labels(route).observe(total_s)
+        if info is not None:
+            metrics.request_chars.observe(info.chars)
+            if info.cache:
+                metrics.cache_results.labels(info.cache).inc()
+            if info.first_byte_at is not None:
+                started = request["started_at"]
+                metrics.first_audio_seconds.labels(route).observe(info.first_byte_at - started)
+        if request.get(ERROR_CODE) in ADMISSION_CODES:
+            metrics.admission_rejections.labels(request[ERROR_CODE]).inc()
+    _access_log(app, request, status, total_s)
+
+
+def _access_log(app: web.Application, request: web.Request, status: int, total_s: float) -> None:
+    settings = app[keys.SETTINGS].server
+    if not settings.access_log:
+        return
+    if status < 400 and random.random() >= settings.access_log_sample_rate:
+        return
+    fields = _log_fields(request, status, total_s)
+    ACCESS_LOG.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app.get(keys.METRICS)
+    route = route_of(request)
+    request["started_at"] = started = time.monotonic()
+    if metrics is not None:
+        metrics.in_flight.labels(route).inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        if metrics is not None:
+            metrics.in_flight.labels(route).dec()
+        _observe(request.app, request, status, time.monotonic() - started)
