@@ -251,19 +251,17 @@ def test_language_switch_to_chinese_and_back(shared_server, open_page):
 
 
 def test_degradation_banner_disables_synthesis(shared_server, open_page):
-    """Browser-side behaviour only: the server's degradation ladder cannot be forced yet, so
-    /ui/status is intercepted with page.route to report preview_enabled false, then true."""
+    """Browser-side behaviour: /ui/status is intercepted with page.route to report
+    preview_enabled false; the page must show the banner and refuse to synthesize."""
     session = open_page(shared_server.url, goto=False)
     page = session.page
-    degraded = {"on": True}
 
-    def status(route: Any) -> None:
+    def degraded(route: Any) -> None:
         body = route.fetch().json()
-        if degraded["on"]:
-            body.update(preview_enabled=False, degradation_level=2)
+        body.update(preview_enabled=False, degradation_level=1)
         route.fulfill(json=body)
 
-    page.route("**/ui/status", status)
+    page.route("**/ui/status", degraded)
     page.goto(shared_server.url + "/")
     banner = page.locator("#degraded-banner")
     expect(banner).to_be_visible()
@@ -272,10 +270,32 @@ def test_degradation_banner_disables_synthesis(shared_server, open_page):
     expect(page.locator("#conn")).to_have_attribute("data-state", "degraded")
     page.fill("#text", "Ctrl and Enter must not get around the banner.")
     page.keyboard.press("Control+Enter")
+    page.click("#lang-toggle")
+    expect(banner).to_contain_text("高负载时网页试听已关闭")
     expect(page.locator("#history li")).to_have_count(0)
+    session.assert_clean()
 
-    degraded["on"] = False  # the next poll (every 5 s) lifts it
-    expect(banner).to_be_hidden(timeout=15_000)
+
+def test_degradation_banner_follows_the_real_ladder(running_server, open_page, tmp_path):
+    """The server's own ladder, driven through its CPU-reading test seam: level 1 turns the
+    preview off, and the page's 5 s status poll shows it, then lifts it again."""
+    reading = tmp_path / "cpu.txt"
+    reading.write_text("0")
+    fast = {"sample_interval_s": 0.1, "window_s": 0.5, "down_window_s": 0.5}
+    ladder = {"enabled": True, "cpu_reading_file": str(reading), **fast}
+    server = running_server({"degradation": ladder})
+    session = open_page(server.url)
+    page = session.page
+    banner = page.locator("#degraded-banner")
+    voices_loaded(session)
+    expect(banner).to_be_hidden()
+    expect(page.locator("#synthesize")).to_be_enabled()
+
+    reading.write_text("100")
+    expect(banner).to_be_visible(timeout=15_000)
+    expect(page.locator("#synthesize")).to_be_disabled()
+    reading.write_text("0")
+    expect(banner).to_be_hidden(timeout=20_000)
     expect(page.locator("#synthesize")).to_be_enabled()
     session.assert_clean()
 
@@ -491,4 +511,42 @@ def test_keyboard_order_labels_and_live_regions(shared_server, open_page):
     assert unlabelled == []
     assert page.get_attribute("#status", "aria-live") == "polite"
     assert page.get_attribute("#error", "role") == "alert"
+    session.assert_clean()
+
+
+def test_pcm_chunks_split_mid_sample_decode_to_the_same_samples(shared_server, open_page):
+    """The page's own audio module in the browser: network chunks may end inside a 16-bit
+    sample; the odd byte must carry over, or every later sample turns into noise."""
+    session = open_page(shared_server.url)
+    result = session.page.evaluate(
+        """async () => {
+        const { PcmStreamPlayer, pcmToFloats, wavBlob } = await import("/static/audio.js");
+        const samples = new Int16Array(3001).map((_, i) => ((i * 7919) % 65536) - 32768);
+        const bytes = new Uint8Array(samples.buffer);
+        const context = new OfflineAudioContext(1, 22050, 22050);
+        const player = new PcmStreamPlayer(context, 22050);
+        const cuts = [0, 1, 4, 777, 778, 2001, 4001, bytes.length];
+        const heard = [];
+        for (let i = 1; i < cuts.length; i += 1) {
+            const floats = player.push(bytes.slice(cuts[i - 1], cuts[i]));
+            if (floats) heard.push(...floats);
+        }
+        const expected = pcmToFloats(bytes);
+        const odd = wavBlob([bytes.slice(0, 5)], 22050);
+        return {
+            count: heard.length,
+            expected: expected.length,
+            same: heard.every((value, i) => value === expected[i]),
+            scheduled: player.samples,
+            oddWavBytes: odd.size,
+        };
+    }"""
+    )
+    assert result == {
+        "count": 3001,
+        "expected": 3001,
+        "same": True,
+        "scheduled": 3001,
+        "oddWavBytes": 44 + 4,
+    }
     session.assert_clean()

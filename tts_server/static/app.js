@@ -72,6 +72,7 @@ const state = {
   defaultVoice: "",
   voicesLoaded: false,
   voicesRequest: 0,
+  voicesUnreachable: false, // the last voice list request never reached the server
   prefs: {},
   job: null, // the synthesis in flight
   live: null, // the PcmStreamPlayer still playing
@@ -270,6 +271,8 @@ function scheduleStatusPolls() {
 
 function applyStatus(status) {
   const first = state.status === null;
+  // Back after an outage: fetch the voice list again (not after 401/429: no retry loops).
+  if (!first && state.voicesUnreachable && !state.voicesLoaded) loadVoices();
   state.status = status;
   state.connection = status.preview_enabled === false ? "degraded" : "ready";
   if (status.auth_required) els.authPanel.hidden = false;
@@ -308,10 +311,14 @@ async function loadVoices() {
       headers: { Accept: "application/json", ...authHeaders() },
     });
   } catch {
-    if (request === state.voicesRequest) setStatus("status_voices_failed");
+    if (request === state.voicesRequest) {
+      state.voicesUnreachable = true;
+      setStatus("status_voices_failed");
+    }
     return;
   }
   if (request !== state.voicesRequest) return;
+  state.voicesUnreachable = false;
   if (response.status === 401) {
     askForToken(false);
     return;
