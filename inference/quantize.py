@@ -129,8 +129,8 @@ VARIANTS: dict[str, Variant] = {
                 preprocess=True),
     )
 }
-# The quickest static recipe to build (tests use it).
-FASTEST_VARIANT = "dyn-matmul"
+# The recommended INT8 recipe (docs/int8_and_batching.md has the measurements).
+DEFAULT_INT8 = "qdq-dec-act-pc-u8"
 
 
 class QuantizeError(RuntimeError):

@@ -120,9 +120,10 @@ def _mel_filters(sample_rate: int, n_fft: int = N_FFT, n_mels: int = N_MELS) -> 
 
 def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(frames, N_MELS) log-mel power in dB of float audio, frames hop HOP."""
-    x = np.asarray(audio, dtype=np.float64)
-    if x.dtype.kind == "i" or np.abs(x).max(initial=0.0) > 1.5:
-        x = x / 32768.0
+    raw = np.asarray(audio)
+    x = raw.astype(np.float64)
+    if raw.dtype.kind == "i":  # int16 PCM
+        x /= 32768.0
     if x.size < N_FFT:
         x = np.pad(x, (0, N_FFT - x.size))
     frames = 1 + (x.size - N_FFT) // HOP
