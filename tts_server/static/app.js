@@ -350,15 +350,23 @@ function renderVoices() {
   }
   const byLanguage = new Map();
   for (const voice of state.voices) {
+    voice.name = String(voice.name ?? "");
     const language = String(voice.language || "");
     if (!byLanguage.has(language)) byLanguage.set(language, []);
     byLanguage.get(language).push(voice);
   }
-  const languages = [...byLanguage.keys()].sort((a, b) => a.localeCompare(b));
+  // The default voice (and its language) first, the rest alphabetically.
+  const isDefault = (voice) => voice.name === state.defaultVoice;
+  const defaultLanguage = String(state.voices.find(isDefault)?.language || "");
+  const languages = [...byLanguage.keys()].sort(
+    (a, b) => (b === defaultLanguage) - (a === defaultLanguage) || a.localeCompare(b),
+  );
   for (const language of languages) {
     const group = document.createElement("optgroup");
     group.label = languageName(language);
-    const voices = byLanguage.get(language).sort((a, b) => a.name.localeCompare(b.name));
+    const voices = byLanguage
+      .get(language)
+      .sort((a, b) => isDefault(b) - isDefault(a) || a.name.localeCompare(b.name));
     for (const voice of voices) {
       const option = document.createElement("option");
       option.value = voice.name;
@@ -588,6 +596,7 @@ async function synthesize() {
       body: JSON.stringify(body),
       signal: job.controller.signal,
     });
+    noticeDegradation(response);
     if (!response.ok) {
       await showResponseError(response);
       state.current = state.history[0] || null;
@@ -615,6 +624,14 @@ async function synthesize() {
     state.job = null;
     renderButtons();
     suspendAudioWhenIdle();
+  }
+}
+
+/** API answers carry the ladder's level: a change refreshes the banner without waiting. */
+function noticeDegradation(response) {
+  const level = Number.parseInt(response.headers.get("X-Degradation-Level") ?? "", 10);
+  if (Number.isInteger(level) && state.status && level !== state.status.degradation_level) {
+    pollStatus();
   }
 }
 
@@ -694,19 +711,20 @@ async function playWhole(job, response, context) {
   } else {
     download = new Blob([bytes], { type: job.contentType || MIME_TYPES[job.format] || "" });
     replay = download;
-    if (context) {
-      context
-        .decodeAudioData(data.slice(0))
-        .then((buffer) => {
-          job.envelope = Envelope.fromAudioBuffer(buffer);
-          job.duration = job.duration ?? buffer.duration;
-          if (state.current === entry) renderResult();
-        })
-        .catch(() => {});
-    }
   }
   const entry = remember(job, replay, download, job.format);
   showEntry(entry, true);
+  if (!entry.envelope && context) {
+    // Only for the waveform picture; a format this browser cannot decode simply has none.
+    context
+      .decodeAudioData(data)
+      .then((buffer) => {
+        entry.envelope = Envelope.fromAudioBuffer(buffer);
+        entry.duration = entry.duration ?? buffer.duration;
+        if (state.current === entry) renderResult();
+      })
+      .catch(() => {});
+  }
   setStatus("status_done", { duration: formatSeconds(job.duration), total: formatMs(job.totalMs) });
 }
 
@@ -785,9 +803,7 @@ function forget(entry) {
 
 function showEntry(entry, autoplay) {
   state.current = entry;
-  els.player.src = entry.replayUrl;
   renderResult();
-  renderHistory();
   if (!autoplay) return;
   els.player.play().catch((error) => {
     if (error?.name === "NotSupportedError") {
@@ -808,10 +824,15 @@ function renderResult() {
   const view = state.current;
   els.resultEmpty.hidden = view !== null;
   els.resultBody.hidden = view === null;
+  markCurrent();
   if (view === null) {
     els.result.dataset.playback = "idle";
     waveform.show(null);
     return;
+  }
+  if (view.replayUrl && els.player.getAttribute("src") !== view.replayUrl) {
+    if (!els.player.paused) els.player.pause(); // (a live stream keeps playing)
+    els.player.src = view.replayUrl;
   }
   els.resultText.textContent = excerpt(view.text);
   renderMetrics();
@@ -861,7 +882,7 @@ function renderHistory() {
   const items = state.history.map((entry) => {
     const item = document.createElement("li");
     item.className = "history-item";
-    if (entry === state.current) item.classList.add("current");
+    item.dataset.id = String(entry.id);
     const text = document.createElement("p");
     text.className = "history-text";
     text.textContent = excerpt(entry.text);
@@ -911,6 +932,18 @@ function renderHistory() {
     return item;
   });
   els.history.replaceChildren(...items);
+  markCurrent();
+}
+
+/** Highlights the entry on display without rebuilding the list (keyboard focus stays). */
+function markCurrent() {
+  const id = state.current ? String(state.current.id) : "";
+  for (const item of els.history.children) {
+    const current = item.dataset.id === id;
+    item.classList.toggle("current", current);
+    if (current) item.setAttribute("aria-current", "true");
+    else item.removeAttribute("aria-current");
+  }
 }
 
 function clearHistory() {
