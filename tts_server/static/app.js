@@ -530,6 +530,7 @@ function stopPlayback() {
 function setPlayback(value) {
   els.result.dataset.playback = value;
   renderButtons();
+  waveform.changed();
 }
 
 // ---- synthesis ------------------------------------------------------------------------------
@@ -970,6 +971,7 @@ const waveform = {
   progress() {
     const view = this.view;
     if (!view?.envelope?.samples) return 0;
+    if (els.result.dataset.playback === "ended") return 1; // heard to the end
     if (state.live && view.player === state.live) {
       return state.live.playedSamples() / view.envelope.samples;
     }

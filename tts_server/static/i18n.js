@@ -13,7 +13,6 @@ export const STRINGS = {
     conn_degraded: "High load",
     conn_offline: "Unreachable",
     banner_degraded: "Preview is off under high load; the API keeps working.",
-    noscript: "This page needs JavaScript. The HTTP API works without it: POST /api/tts.",
 
     compose_heading: "Compose",
     token_label: "Access token",
@@ -53,7 +52,6 @@ export const STRINGS = {
     status_sending: "Sending…",
     status_streaming: "Playing as it arrives…",
     status_waiting: "Synthesizing…",
-    status_playing: "Playing…",
     status_done: "Done: {duration} of audio in {total}.",
     status_press_play: "Ready: press play to listen.",
     status_stopped: "Stopped.",
@@ -103,7 +101,6 @@ export const STRINGS = {
     err_server: "Server error {status}: {message}",
     err_playback: "This browser cannot play {format} audio; use Download instead.",
     err_preview_off: "Preview is off under high load. Try again later or use the API.",
-    err_unreachable: "Cannot reach the server. Retrying…",
   },
   zh: {
     page_title: "tts-server — 文本转语音",
@@ -115,7 +112,6 @@ export const STRINGS = {
     conn_degraded: "高负载",
     conn_offline: "无法连接",
     banner_degraded: "高负载时网页试听已关闭；API 仍正常工作。",
-    noscript: "此页面需要 JavaScript。HTTP API 无需页面即可使用：POST /api/tts。",
 
     compose_heading: "输入",
     token_label: "访问令牌",
@@ -154,7 +150,6 @@ export const STRINGS = {
     status_sending: "正在发送…",
     status_streaming: "边接收边播放…",
     status_waiting: "正在合成…",
-    status_playing: "正在播放…",
     status_done: "完成：用时 {total}，音频 {duration}。",
     status_press_play: "已就绪：按播放键收听。",
     status_stopped: "已停止。",
@@ -204,7 +199,6 @@ export const STRINGS = {
     err_server: "服务器错误 {status}：{message}",
     err_playback: "此浏览器无法播放 {format} 音频；请改用下载。",
     err_preview_off: "高负载时网页试听已关闭。请稍后再试，或直接使用 API。",
-    err_unreachable: "无法连接服务器，正在重试…",
   },
 };
 
