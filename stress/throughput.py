@@ -229,7 +229,8 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180) -> N
 
 def start_this_server(port: int, workers: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false"}
+    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false", "TTS_LIMITS__ENABLED": "false",
+           "TTS_CACHE__ENABLED": "false"}
     process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     _wait_http(f"http://127.0.0.1:{port}/readyz", process)

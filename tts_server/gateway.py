@@ -34,6 +34,7 @@ class Gateway:
         self.local = LocalLimiter()
         self.redis = redis_limiter
         self.rejections: collections.Counter[str] = collections.Counter()
+        self.anonymous_allowed = settings.anonymous_allowed  # parses addresses: once
 
     # ---- who ---------------------------------------------------------------------------
 
@@ -47,7 +48,7 @@ class Gateway:
                 self._reject("unauthorized")
                 raise Unauthorized("unknown or revoked token", code="invalid_token")
             return Identity(token.name, token.tier, f"token:{token.name}", token)
-        if not self.settings.anonymous_allowed:
+        if not self.anonymous_allowed:
             self._reject("unauthorized")
             raise Unauthorized("a bearer token is required", code="missing_token")
         address = self.addresses.of(request)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import itertools
+import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -26,6 +27,8 @@ LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = "request_id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Unique per server process without a system call per request (uuid4 reads urandom).
+_REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count(1))
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -49,7 +52,7 @@ def error_response(error: TTSError, openai_shape: bool = False) -> web.Response:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id = given if _CLIENT_REQUEST_ID.match(given) else next(_REQUEST_IDS)
     request[REQUEST_ID] = request_id
     return await handler(request)
 
