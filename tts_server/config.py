@@ -30,6 +30,9 @@ def _require(condition: bool, message: str) -> None:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Pending connections the kernel queues; too small and a burst of new clients sees
+    # dropped SYNs and a 1 s retransmit (capped by net.core.somaxconn).
+    listen_backlog: int = 2048
     max_body_bytes: int = 256 * 1024
     drain_timeout_s: float = 30.0
     # Whole-request deadline for synthesis; past it the client gets 503.

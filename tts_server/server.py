@@ -61,7 +61,8 @@ async def serve(settings: Settings, signals: SignalRecorder | None = None) -> No
         handler_cancellation=True,  # a client that hangs up cancels its queued work
     )
     await runner.setup()  # starts the pool: workers load and warm up their voices
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True,
+                       backlog=settings.server.listen_backlog)
     await site.start()
     LOG.info("serving on http://%s:%d", settings.server.host, settings.server.port)
     reloader = asyncio.get_running_loop().create_task(reload_on_sighup(app, signals))
