@@ -195,9 +195,9 @@ async def job_audio(request: web.Request) -> web.StreamResponse:
     try:
         wanted = parse_range(request.headers.get("Range"), size)
     except RangeNotSatisfiable as exc:
-        headers["Content-Range"] = f"bytes */{size}"
         body = {"error": {"code": "range_not_satisfiable", "message": str(exc)}}
-        return web.json_response(body, status=416, headers=headers)
+        return web.json_response(body, status=416, headers={
+            "Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes", "ETag": etag})
     if wanted is not None and if_range is not None and if_range != etag:
         wanted = None  # the client's copy is another version: send all of it
     span = wanted or ByteRange(0, size - 1)
