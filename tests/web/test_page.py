@@ -385,7 +385,7 @@ def test_lost_connection_mid_stream_and_before_the_answer(shared_server, open_pa
         text = "This answer is cut off on its way. The browser should say so plainly."
         assert synthesize(session, text).status == 200
         expect(page.locator("#error-text")).to_have_text(
-            "The connection broke while the audio was streaming. Try again.",
+            "The connection broke while the audio was arriving. Try again.",
             timeout=SYNTH_TIMEOUT_MS,
         )
         assert proxy.cuts == 1

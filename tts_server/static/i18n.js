@@ -89,7 +89,7 @@ export const STRINGS = {
     err_empty_text: "Type some text first.",
     err_text_over: "The text is {over} characters over the limit of {max}.",
     err_network: "Lost connection to the server. Check that it is running, then try again.",
-    err_stream_broken: "The connection broke while the audio was streaming. Try again.",
+    err_stream_broken: "The connection broke while the audio was arriving. Try again.",
     err_rate_limited: "Too many requests. Try again in {s} s.",
     err_rate_limited_soon: "Too many requests. Try again in a moment.",
     err_busy: "The server is busy; retry in {s} s.",
