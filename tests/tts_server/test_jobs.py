@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import os
 import signal
@@ -189,8 +190,10 @@ async def test_twenty_jobs_of_varied_length_match_api_tts(jobs_server, session):
         assert doc["status"] == "done", doc
         total = body["text"].count(".")
         assert doc["progress"]["sentences_done"] == doc["progress"]["sentences_total"] == total
+    answers = await asyncio.gather(*(alice.tts(body) for body in bodies))  # fans out
+    for job_id, body, (status, tts_audio) in zip(ids, bodies, answers, strict=True):
+        doc = docs[job_id]
         job_audio = await alice.audio(job_id)
-        status, tts_audio = await alice.tts(body)
         assert status == 200
         assert_same_audio(job_audio, tts_audio, body["format"])
         assert doc["audio"]["bytes"] == len(job_audio)
@@ -290,6 +293,17 @@ async def test_long_texts_and_bad_bodies(jobs_server, session):
     assert doc["progress"]["sentences_total"] == 200
     assert (await alice.call("DELETE", f"/api/tts/jobs/{doc['job_id']}"))[0] in (200, 202)
     assert (await alice.wait([doc["job_id"]]))[doc["job_id"]]["status"] == "cancelled"
+    bob = Client(session, jobs_server.url, "bob")
+    big = {"text": "你好。" * 15_000}  # JSON-escaped: 270 KB, over server.max_body_bytes
+    assert len(json.dumps(big)) > 262_144
+    status, _, doc = await bob.submit(big)
+    assert status == 202 and doc["progress"]["sentences_total"] == 15_000
+    assert (await bob.call("DELETE", f"/api/tts/jobs/{doc['job_id']}"))[0] in (200, 202)
+    assert (await bob.wait([doc["job_id"]]))[doc["job_id"]]["status"] == "cancelled"
+    huge = io.BytesIO(json.dumps({"text": "你好。" * 60_000}).encode())  # over 1 MiB
+    status, _, raw = await bob.call("POST", "/api/tts/jobs", data=huge,
+                                    headers={"Content-Type": "application/json"})
+    assert status == 413 and json.loads(raw)["error"]["code"] == "body_too_large"
     for body, code in (({"text": "Hi.", "stream": True}, "invalid_stream"),
                        ({"text": "Hi.", "format": "ogg"}, "invalid_format"),
                        ({"text": ""}, "empty_text"), ({}, "missing_text")):
@@ -446,74 +460,97 @@ async def test_webhook_is_signed_retried_and_allow_listed(jobs_server, session):
 # ---- durability -----------------------------------------------------------------------------
 
 
-async def test_sigkill_mid_run_then_restart_finishes_every_job_once(
-        redis_server, tmp_path, session):
+def job_fields(store: redis.Redis, job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Each job's hash as stored, read straight from Redis (the servers may be dead)."""
+    return {job_id: {k.decode(): v.decode() for k, v in store.hgetall(f"{NS}:job:{job_id}").items()
+                     if k != b"units"} for job_id in job_ids}
+
+
+async def run_until_stored(client: Client, job_ids: list[str], sentences: int) -> None:
+    while True:
+        docs = [await client.job(job_id) for job_id in job_ids]
+        if sum(doc["progress"]["sentences_done"] for doc in docs) >= sentences:
+            return
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def hook_receiver() -> Any:
+    """A webhook receiver on 127.0.0.1: (url, list of received job ids)."""
     received: list[str] = []
 
     async def hook(request: web.Request) -> web.Response:
         received.append(json.loads(await request.read())["job"]["job_id"])
         return web.Response(status=204)
 
-    hooks = web.Application()
-    hooks.router.add_post("/hook", hook)
-    hook_runner = web.AppRunner(hooks)
-    await hook_runner.setup()
-    hook_port = free_port()
-    await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield port, received
+    await runner.cleanup()
+
+
+async def test_sigkill_then_sigterm_mid_run_and_every_job_finishes_once(
+        redis_server, tmp_path, session, hook_receiver):
+    hook_port, received = hook_receiver
     settings = {"lease_ttl_s": 2, "max_concurrent": 2, "batch_units": 2, "poll_interval_s": 0.2,
                 "webhook_hosts": [f"127.0.0.1:{hook_port}"], "webhook_secret": SECRET}
     overrides = server_overrides(redis_server.url)
-    first = start_server(tmp_path, "first", overrides, settings)
+    store = redis.Redis.from_url(redis_server.url)
+    servers = [start_server(tmp_path, "first", overrides, settings)]
     try:
-        alice = Client(session, first.url, "alice")
+        alice = Client(session, servers[0].url, "alice")
         texts = [paragraph(2000 + 10 * i, 8) for i in range(6)]
-        ids = [await alice.created({"text": text,
-                                    "callback_url": f"http://127.0.0.1:{hook_port}/hook"})
-               for text in texts]
-        while True:
-            docs = [await alice.job(job_id) for job_id in ids]
-            if sum(doc["progress"]["sentences_done"] for doc in docs) >= 10:
-                break
-            await asyncio.sleep(0.02)
-        first.stop(signal.SIGKILL)
-        for name in shm_segments_of(first.pid):  # a SIGKILLed front cannot unlink its own
+        callback = f"http://127.0.0.1:{hook_port}/hook"
+        ids = [await alice.created({"text": text, "callback_url": callback}) for text in texts]
+        # 1. SIGKILL mid-run: the jobs it ran keep their lease until it lapses.
+        await run_until_stored(alice, ids, 10)
+        servers[0].stop(signal.SIGKILL)
+        for name in shm_segments_of(servers[0].pid):  # a SIGKILLed front cannot unlink them
             os.unlink(f"/dev/shm/{name}")
-        store = redis.Redis.from_url(redis_server.url)
-        at_kill = {job_id: {k.decode(): v.decode() for k, v in
-                            store.hgetall(f"{NS}:job:{job_id}").items() if k != b"units"}
-                   for job_id in ids}
-        stored_before = sum(int(job["units_done"]) for job in at_kill.values())
+        at_kill = job_fields(store, ids)
         assert any(job["status"] == "running" for job in at_kill.values())
-        assert stored_before < 48
-
-        second = start_server(tmp_path, "second", overrides, settings)
-        try:
-            alice = Client(session, second.url, "alice")
-            docs = await alice.wait(ids, timeout_s=90)
-            assert [doc["status"] for doc in docs.values()] == ["done"] * 6
-            # Only what was not stored before the kill was synthesized (again).
-            assert units_completed(second) == 48 - stored_before
-            for job_id in ids:
-                fields = store.hmget(f"{NS}:job:{job_id}", ["unit_writes", "attempts"])
-                assert int(fields[0]) == 8  # every sentence stored exactly once
-                expected_attempts = 2 if at_kill[job_id]["status"] == "running" else 1
-                assert int(fields[1]) == expected_attempts, at_kill[job_id]
-            resumed = next(i for i in ids if at_kill[i]["status"] == "running")
-            text = texts[ids.index(resumed)]
-            status, tts_audio = await alice.tts({"text": text})
-            assert status == 200
-            assert_same_audio(await alice.audio(resumed), tts_audio, "wav")
-            for _ in range(50):
-                if len(received) >= 6:
-                    break
-                await asyncio.sleep(0.1)
-            assert sorted(received) == sorted(ids)  # each job's webhook, exactly once
-        finally:
-            second.stop()
-        store.close()
+        # 2. A new instance reclaims them; SIGTERM it mid-run: it hands its jobs back.
+        servers.append(start_server(tmp_path, "second", overrides, settings))
+        alice = Client(session, servers[1].url, "alice")
+        stored_at_kill = sum(int(job["units_done"]) for job in at_kill.values())
+        await run_until_stored(alice, ids, stored_at_kill + 10)
+        started = time.monotonic()
+        assert servers[1].stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+        at_stop = job_fields(store, ids)
+        assert {job["status"] for job in at_stop.values()} <= {"queued", "done"}
+        assert store.zcard(f"{NS}:leases") == 0
+        stored_at_stop = sum(int(job["units_done"]) for job in at_stop.values())
+        assert stored_at_stop < 48
+        # 3. A third instance finishes everything, synthesizing only what was not stored.
+        servers.append(start_server(tmp_path, "third", overrides, settings))
+        alice = Client(session, servers[2].url, "alice")
+        docs = await alice.wait(ids, timeout_s=90)
+        assert [doc["status"] for doc in docs.values()] == ["done"] * 6
+        assert units_completed(servers[2]) == 48 - stored_at_stop
+        final = job_fields(store, ids)
+        for job_id in ids:
+            assert final[job_id]["unit_writes"] == "8"  # no sentence was stored twice
+            # Only the SIGKILL costs an attempt; the SIGTERM hand-back refunds its own.
+            running_at_kill = at_kill[job_id]["status"] == "running"
+            assert final[job_id]["attempts"] == ("2" if running_at_kill else "1")
+        resumed = next(i for i in ids if at_kill[i]["status"] == "running")
+        status, tts_audio = await alice.tts({"text": texts[ids.index(resumed)]})
+        assert status == 200
+        assert_same_audio(await alice.audio(resumed), tts_audio, "wav")
+        for _ in range(50):
+            if len(received) >= 6:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(received) == sorted(ids)  # each job's webhook, exactly once
     finally:
-        first.stop()
-        await hook_runner.cleanup()
+        for server in servers:
+            server.stop()
+        store.close()
 
 
 # ---- the in-memory store: bounds, expiry, the degradation pause ----------------------------

@@ -8,7 +8,6 @@ first, handing running jobs back to the queue.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -64,10 +63,9 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
                        on_finished=webhooks.wake.set)
     runtime.store, runtime.wake_runner = store, runner.wake.set
     runner.start()
-    sender = asyncio.get_running_loop().create_task(webhooks.run())
+    webhooks.start()
     yield
     runtime.store = None
     await runner.stop()
-    sender.cancel()
-    await asyncio.gather(sender, return_exceptions=True)
+    await webhooks.stop()
     await store.close()

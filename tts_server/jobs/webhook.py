@@ -84,12 +84,28 @@ class WebhookSender:
         self.base_path = base_path
         self.wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        """Let deliveries in flight finish (a cut one would be sent again), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self.wake.set()
+        done, _ = await asyncio.wait([self._task], timeout=self.settings.webhook_timeout_s + 1)
+        if not done:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self._session = session
-            while True:
+            while not self._stopping:
                 try:
                     jobs = await self.store.due_callbacks(self._lease_s, BATCH)
                 except StoreUnavailable as exc:
