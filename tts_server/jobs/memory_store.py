@@ -239,7 +239,8 @@ class MemoryJobStore(JobStore):
     async def due_callbacks(self, lease_s: float, limit: int) -> list[Job]:
         self._expire()
         now = self._now_ms()
-        due = sorted(job_id for job_id, at in self._webhooks.items() if at <= now)[:limit]
+        due = sorted(job_id for job_id, at in self._webhooks.items()
+                     if at <= now and job_id in self._entries)[:limit]
         for job_id in due:
             self._webhooks[job_id] = now + int(lease_s * 1000)
         return [self._copy(self._entries[job_id]) for job_id in due]

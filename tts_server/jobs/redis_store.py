@@ -90,7 +90,12 @@ redis.call('HSET', jkey(id), unpack(ARGV, 8))
 redis.call('HSET', jkey(id), 'created_ms', now, 'units', ARGV[7])
 redis.call('ZADD', Q, now, id)
 redis.call('SADD', oqkey(owner), id)
-redis.call('ZADD', NS .. ':owner-jobs:' .. owner, now, id)
+local listing = NS .. ':owner-jobs:' .. owner
+redis.call('ZADD', listing, now, id)
+-- Jobs expire roughly in creation order: dropping the oldest gone ones keeps the listing small.
+for _, old in ipairs(redis.call('ZRANGE', listing, 0, 9)) do
+  if redis.call('EXISTS', jkey(old)) == 0 then redis.call('ZREM', listing, old) end
+end
 if idem ~= '' then redis.call('SET', NS .. ':idem:' .. owner .. ':' .. idem, id) end
 return {'created', id}
 """
@@ -220,8 +225,16 @@ return ids
 DUE_CALLBACKS = PRELUDE + """
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', W, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', W, now + tonumber(ARGV[2]), id) end
-return ids
+local due = {}
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', jkey(id)) == 1 then
+    redis.call('ZADD', W, now + tonumber(ARGV[2]), id)
+    table.insert(due, id)
+  else
+    redis.call('ZREM', W, id)  -- expired before its webhook could be sent
+  end
+end
+return due
 """
 
 RECORD_CALLBACK = PRELUDE + """

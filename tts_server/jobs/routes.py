@@ -47,6 +47,11 @@ class Conflict(TTSError):
     code = "conflict"
 
 
+class Gone(TTSError):
+    status = 410
+    code = "gone"
+
+
 @dataclass
 class JobsRuntime:
     """Set up before the app starts; the store and wake-ups are filled in at startup."""
@@ -189,6 +194,9 @@ async def job_audio(request: web.Request) -> web.StreamResponse:
         raise Conflict(f"job {job.id} is {job.status.value}; its audio exists once it is done",
                        code="job_not_done")
     size = await store.result_size(job.id)
+    if size == 0:
+        # Evicted by a Redis short of memory (the job record outlived its audio).
+        raise Gone(f"the audio of job {job.id} is no longer stored", code="audio_missing")
     etag = f'"{job.id}-{size}"'
     headers = _audio_headers(job, etag)
     if_range = request.headers.get("If-Range")
