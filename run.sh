@@ -26,10 +26,27 @@ ensure_env() {
     fi
 }
 
+# The browser tests drive Debian's Chromium; install it when we can (root with apt).
+ensure_browser() {
+    if [ -x /usr/bin/chromium ] || [ -n "${TTS_CHROMIUM:-}" ]; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's chromium for the browser tests" >&2
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq --no-install-recommends chromium; } >&2; then
+            echo "could not install chromium: the browser tests will be skipped" >&2
+        fi
+    else
+        echo "no /usr/bin/chromium (install Debian's chromium): browser tests will be skipped" >&2
+    fi
+}
+
 case "${1:-}" in
     test)
         shift
         ensure_env test,bench
+        ensure_browser
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     bench)

@@ -115,7 +115,9 @@ async def test_shared_limit_across_two_instances_through_redis(running_server, r
     overrides = {
         "auth": {"tokens": TOKENS},
         "cache": {"redis": redis_server.url},
-        "limits": {"tiers": LIMITED, "backend": "redis"},
+        # A slow answer would fall back to each instance's own limiter (on_redis_error =
+        # "local"): give Redis time on a busy machine, so this measures the shared limit.
+        "limits": {"tiers": LIMITED, "backend": "redis", "redis_timeout_ms": 2000},
     }
     servers = [running_server(overrides), running_server(overrides)]
     accepted, _ = await hammer([s.url for s in servers], STANDARD, clients=100, seconds=3.0)
