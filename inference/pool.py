@@ -509,7 +509,8 @@ class InferencePool:
             now = time.monotonic()
             for handle in self._handles:
                 unit = handle.unit
-                overdue = unit is not None and now - unit.dispatched_at > self.options.unit_timeout_s
+                limit = self.options.unit_timeout_s
+                overdue = unit is not None and now - unit.dispatched_at > limit
                 if overdue and handle.process is not None and handle.process.is_alive():
                     LOG.error("worker %d stuck past pool.unit_timeout_s: killing", handle.index)
                     handle.process.kill()

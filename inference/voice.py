@@ -83,9 +83,9 @@ class Voice:
         if not options.speed > 0:
             raise VoiceError(f"speed must be > 0, got {options.speed}")
         noise = options.noise_scale if options.noise_scale is not None else self.config.noise_scale
-        noise_w = (
-            options.noise_w_scale if options.noise_w_scale is not None else self.config.noise_w_scale
-        )
+        noise_w = options.noise_w_scale
+        if noise_w is None:
+            noise_w = self.config.noise_w_scale
         length = self.config.length_scale / options.speed
         return np.array([noise, length, noise_w], dtype=np.float32)
 

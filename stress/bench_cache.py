@@ -45,7 +45,10 @@ def serve_bare(port: int, body_file: str) -> None:
 
 
 async def hammer(
-    url: str, seconds: float, connections: int, method: str = "POST",
+    url: str,
+    seconds: float,
+    connections: int,
+    method: str = "POST",
     headers: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """Closed loop for `seconds`: requests/s and the client's own CPU % (saturation check)."""
@@ -71,15 +74,21 @@ async def hammer(
     return count / elapsed, me.cpu_percent(None)
 
 
-def start_server(port: int, cache: dict[str, str],
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_server(
+    port: int, cache: dict[str, str], extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     # The anonymous tier's rate limit would measure the limiter, not the path.
-    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false", "TTS_LIMITS__ENABLED": "false",
-           **(extra_env or {}),
-           **{f"TTS_CACHE__{k.upper()}": v for k, v in cache.items()}}
+    env = {
+        **os.environ,
+        "TTS_SERVER__ACCESS_LOG": "false",
+        "TTS_LIMITS__ENABLED": "false",
+        **(extra_env or {}),
+        **{f"TTS_CACHE__{k.upper()}": v for k, v in cache.items()},
+    }
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port)]
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_http(f"http://127.0.0.1:{port}/readyz", process)
     return process
 
@@ -126,19 +135,23 @@ async def run(args: argparse.Namespace) -> None:
     bare_rate, bare_cpu = await measure_bare(body, args)
     print(f"response body: {len(body)} bytes; {args.connections} connections, {args.seconds}s each")
     print(f"{'path':<22} {'req/s':>8} {'/bare':>6} {'client CPU %':>13}")
-    for name, rate, cpu in (("bare aiohttp handler", bare_rate, bare_cpu),
-                            ("L1 hit (in-process)", l1_rate, l1_cpu),
-                            ("L2 hit (private Redis)", l2_rate, l2_cpu)):
+    for name, rate, cpu in (
+        ("bare aiohttp handler", bare_rate, bare_cpu),
+        ("L1 hit (in-process)", l1_rate, l1_cpu),
+        ("L2 hit (private Redis)", l2_rate, l2_cpu),
+    ):
         print(f"{name:<22} {rate:8.0f} {rate / bare_rate:6.2f} {cpu:13.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="load duration per target")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
-    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "BODY_FILE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bare-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.bare_server:
         serve_bare(int(args.bare_server[0]), args.bare_server[1])

@@ -24,8 +24,7 @@ from stress.throughput import REPO, _free_port, _wait_http, stop
 
 TOKEN = "bench-token"
 TOKENS = (
-    '[{name = "bench", tier = "vip", '
-    f'sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"}}]'
+    f'[{{name = "bench", tier = "vip", sha256 = "{hashlib.sha256(TOKEN.encode()).hexdigest()}"}}]'
 )
 HIGH_LIMITS = {"TTS_LIMITS__TIERS": "{vip = {requests_per_s = 1e9, burst = 1000000000}}"}
 
@@ -34,8 +33,9 @@ def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false", **env_extra}
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_http(f"http://127.0.0.1:{port}/healthz", process)
     return process, port
 
@@ -44,8 +44,13 @@ async def http_rate(env_extra: dict[str, str], token: bool, args: argparse.Names
     process, port = start(env_extra)
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
-        rate, _ = await hammer(f"http://127.0.0.1:{port}/api/voices", args.seconds,
-                               args.connections, method="GET", headers=headers)
+        rate, _ = await hammer(
+            f"http://127.0.0.1:{port}/api/voices",
+            args.seconds,
+            args.connections,
+            method="GET",
+            headers=headers,
+        )
         return rate
     finally:
         stop(process)
@@ -70,8 +75,9 @@ def direct_us_per_call(backend: str, calls: int = 20000) -> float:
             client = aioredis.Redis.from_url(redis_process.url)
             limiter = RedisLimiter(client, 1.0)
         gateway = Gateway(settings, limiter)
-        request = make_mocked_request("GET", "/api/voices",
-                                      headers={"Authorization": f"Bearer {TOKEN}"})
+        request = make_mocked_request(
+            "GET", "/api/voices", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         try:
             started = time.perf_counter()
             for _ in range(calls):
@@ -92,13 +98,15 @@ async def run_http(args: argparse.Namespace) -> dict[str, float]:
         "limits off, anonymous": await http_rate({"TTS_LIMITS__ENABLED": "false"}, False, args),
         "token + in-process limiter": await http_rate(token_env, True, args),
         "token + Redis limiter": await http_rate(
-            {**token_env, "TTS_LIMITS__BACKEND": '"redis"'}, True, args),
+            {**token_env, "TTS_LIMITS__BACKEND": '"redis"'}, True, args
+        ),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="load duration per config")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     args = parser.parse_args(argv)

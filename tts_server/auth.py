@@ -87,7 +87,10 @@ def bearer_token(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _parse_networks(addresses: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_networks(addresses: tuple[str, ...]) -> list[Network]:
     return [ipaddress.ip_network(a, strict=False) for a in addresses]
 
 

@@ -266,7 +266,9 @@ class AuthSettings:
             try:
                 ipaddress.ip_network(address, strict=False)
             except ValueError:
-                raise ConfigError(f"auth.trusted_proxies: {address!r} is not an address")
+                raise ConfigError(
+                    f"auth.trusted_proxies: {address!r} is not an address"
+                ) from None
 
     @property
     def has_tokens(self) -> bool:

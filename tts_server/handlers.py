@@ -12,14 +12,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import keys
-from .gateway import IDENTITY
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
+from .gateway import IDENTITY
+from .observe import REQUEST_INFO, RequestInfo
 from .openai_api import list_models, list_voices, parse_speech_request
+from .responses import AudioResponder
+from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
 from .speech import Speech
 from .synthesis import Admission
-from .observe import REQUEST_INFO, RequestInfo
-from .responses import AudioResponder
 
 LOG = logging.getLogger("tts.server")
 JSON_TYPES = frozenset({"application/json"})

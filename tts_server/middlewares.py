@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-import itertools
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -12,8 +12,6 @@ from aiohttp import web
 
 from . import keys
 from .errors import ServiceUnavailable, TTSError
-from .observe import ERROR_CODE, observe_middleware
-from .openai_api import openai_error_body
 from .gateway import (
     API_PREFIXES,
     IDENTITY,
@@ -22,6 +20,8 @@ from .gateway import (
     RATE_DECISION,
     ratelimit_headers,
 )
+from .observe import ERROR_CODE, observe_middleware
+from .openai_api import openai_error_body
 
 LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cache import AudioCache, CachedAudio, cache_key
-from .schema import SynthesisRequest
 from .errors import ServiceUnavailable
+from .schema import SynthesisRequest
 from .synthesis import Admission, SynthesisTrace, Synthesizer
 
 LOG = logging.getLogger("tts.speech")

@@ -133,7 +133,9 @@ class Synthesizer:
         try:
             return pool.submit(pool.new_request_key(), units, priority)
         except (PoolBusy, PoolClosed) as exc:
-            raise ServiceUnavailable(str(exc), code=exc.code, retry_after_s=self.retry_after_s)
+            raise ServiceUnavailable(
+                str(exc), code=exc.code, retry_after_s=self.retry_after_s
+            ) from None
 
     async def stream(
         self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1

@@ -43,8 +43,9 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
 
     async def make(workers: int = 2, voices=(JOE,), solo_threads: int = 1, **options):
         pool = InferencePool(
-            PoolOptions(workers=workers, restart_backoff_s=0.1, solo_enabled=solo_threads > 1,
-                        **options),
+            PoolOptions(
+                workers=workers, restart_backoff_s=0.1, solo_enabled=solo_threads > 1, **options
+            ),
             spec_factory(voices, solo_threads),
         )
         pools.append(pool)

@@ -32,7 +32,8 @@ def test_synthesize_yields_one_int16_chunk_per_sentence(voice):
 def test_speed_maps_to_length_scale(voice):
     normal = voice.synthesize_unit("The quick brown fox jumps.", DETERMINISTIC)
     fast = voice.synthesize_unit(
-        "The quick brown fox jumps.", SynthesisOptions(speed=2.0, noise_scale=0.0, noise_w_scale=0.0)
+        "The quick brown fox jumps.",
+        SynthesisOptions(speed=2.0, noise_scale=0.0, noise_w_scale=0.0),
     )
     assert 0.4 < len(fast) / len(normal) < 0.7  # durations are rounded up per phoneme
 

@@ -1,7 +1,6 @@
 """The HTTP API over real loopback HTTP against a real server process and the real voice."""
 
 import asyncio
-import json
 
 import aiohttp
 import numpy as np
@@ -52,7 +51,9 @@ async def test_streaming_and_non_streaming_give_the_same_audio(shared_server):
 
 
 async def test_pcm_format_is_raw_samples_with_the_rate_in_a_header(shared_server):
-    status, headers, body = await post_tts(shared_server.url, {"text": "Raw samples.", "format": "pcm"})
+    status, headers, body = await post_tts(
+        shared_server.url, {"text": "Raw samples.", "format": "pcm"}
+    )
     assert status == 200
     assert headers["Content-Type"] == "audio/pcm"
     assert headers["X-Sample-Rate"] == "22050"
@@ -77,7 +78,12 @@ async def test_first_streamed_bytes_leave_before_the_whole_text_is_done(shared_s
 async def test_32_concurrent_mixed_requests_all_succeed(shared_server):
     texts = [f"Request number {i} says hello." for i in range(16)] + [PARAGRAPH] * 16
     bodies = [
-        {"text": t, "stream": i % 2 == 0, "format": "wav" if i % 3 else "pcm", "speed": 1 + i % 3 / 2}
+        {
+            "text": t,
+            "stream": i % 2 == 0,
+            "format": "wav" if i % 3 else "pcm",
+            "speed": 1 + i % 3 / 2,
+        }
         for i, t in enumerate(texts)
     ]
     async with aiohttp.ClientSession() as session:
@@ -88,7 +94,7 @@ async def test_32_concurrent_mixed_requests_all_succeed(shared_server):
 
         results = await asyncio.gather(*(one(b) for b in bodies))
     assert [status for status, _ in results] == [200] * 32
-    for body, (_, audio) in zip(bodies, results):
+    for body, (_, audio) in zip(bodies, results, strict=True):
         pcm_bytes = len(audio) - (44 if body["format"] == "wav" else 0)
         seconds = pcm_bytes / 2 / 22050 * body["speed"]
         assert plausible_duration(body["text"], seconds), (body, seconds)
@@ -107,8 +113,16 @@ async def test_request_id_is_echoed_or_created_and_timing_is_reported(shared_ser
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [
-        ({"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
-        ({"data": "text=hi", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
+        (
+            {"data": "{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        (
+            {"data": "text=hi", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
         ({"json": {"text": ""}}, 400, "empty_text"),
         ({"json": {"text": "  \u200b "}}, 400, "empty_text"),
         ({"json": {}}, 400, "missing_text"),
@@ -121,8 +135,11 @@ async def test_request_id_is_echoed_or_created_and_timing_is_reported(shared_ser
         ({"json": {"text": "hi", "format": "ogg"}}, 400, "invalid_format"),
         ({"json": {"text": "hi", "stream": "yes"}}, 400, "invalid_stream"),
         ({"json": {"text": "x" * 2001}}, 413, "text_too_long"),
-        ({"data": b"{" + b" " * 300_000 + b"}", "headers": {"Content-Type": "application/json"}},
-         413, "body_too_large"),
+        (
+            {"data": b"{" + b" " * 300_000 + b"}", "headers": {"Content-Type": "application/json"}},
+            413,
+            "body_too_large",
+        ),
     ],
 )
 async def test_bad_input_gets_its_status_and_a_json_error(shared_server, kwargs, status, code):

@@ -58,8 +58,9 @@ def test_a_lost_probe_expires():
 
 
 def ladder(clock: Clock) -> tuple[DegradationLadder, RunState]:
-    settings = DegradationSettings(sample_interval_s=1, window_s=3, up_cpu_percent=90,
-                                   down_window_s=5, down_cpu_percent=70)
+    settings = DegradationSettings(
+        sample_interval_s=1, window_s=3, up_cpu_percent=90, down_window_s=5, down_cpu_percent=70
+    )
     state = RunState()
     return DegradationLadder(settings, state, lambda: 0.0, clock), state
 

@@ -1,5 +1,4 @@
 import re
-
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ def test_environment_overrides_use_section_double_underscore_key():
         ("[server]\nport = 70000\n", "server.port"),
         ("[server]\nprot = 1\n", "unknown setting(s) in [server]: prot"),
         ("[nope]\n", "unknown config section(s): nope"),
-        ("[pool]\nworkers = \"two\"\n", "pool.workers must be int"),
+        ('[pool]\nworkers = "two"\n', "pool.workers must be int"),
         ("[server]\nport = [\n", "config.toml"),
     ],
 )
@@ -52,7 +51,9 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path):
     path.write_text('[server]\nhost = "0.0.0.0"\n[auth]\nallow_anonymous = true\n')
     assert load_settings(path, environ={}).anonymous_allowed
     digest = "ab" * 32
-    path.write_text(f'[server]\nhost = "0.0.0.0"\n[[auth.tokens]]\nname = "t"\nsha256 = "{digest}"\n')
+    path.write_text(
+        f'[server]\nhost = "0.0.0.0"\n[[auth.tokens]]\nname = "t"\nsha256 = "{digest}"\n'
+    )
     settings = load_settings(path, environ={})
     assert settings.auth.tokens[0].tier == "standard"
     assert not settings.anonymous_allowed
@@ -70,7 +71,10 @@ def test_loopback_server_without_tokens_is_anonymous(tmp_path):
     ("toml", "message"),
     [
         ('[[auth.tokens]]\nname = "t"\nsha256 = "short"\n', "sha256 must be 64 hex"),
-        (f'[[auth.tokens]]\nname = "t"\ntier = "gold"\nsha256 = "{"a" * 64}"\n', "unknown tier 'gold'"),
+        (
+            f'[[auth.tokens]]\nname = "t"\ntier = "gold"\nsha256 = "{"a" * 64}"\n',
+            "unknown tier 'gold'",
+        ),
         ('[limits.tiers.x]\nfeatures = ["fly"]\n', "unknown tier feature"),
         ('[auth]\nmetrics_access = "everyone"\n', "auth.metrics_access"),
         ('[auth]\ntrusted_proxies = ["nope"]\n', "trusted_proxies"),

@@ -11,8 +11,12 @@ VIP, STANDARD = "vip-secret-token", "standard-secret-token"
 
 
 def token_entry(name: str, token: str, tier: str, **overrides) -> dict:
-    return {"name": name, "tier": tier, "sha256": hashlib.sha256(token.encode()).hexdigest(),
-            **overrides}
+    return {
+        "name": name,
+        "tier": tier,
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        **overrides,
+    }
 
 
 TOKENS = [token_entry("vip-client", VIP, "vip"), token_entry("std-client", STANDARD, "standard")]
@@ -41,8 +45,9 @@ async def test_token_matrix(running_server):
         status, headers, _ = await call(server.url, headers=bearer(token))
         assert status == 200
         assert headers["X-RateLimit-Limit"] == limit  # the tier's burst
-    status, _, body = await call(server.url, "/api/tts", "POST", json={"text": "Hello."},
-                                 headers=bearer(STANDARD))
+    status, _, body = await call(
+        server.url, "/api/tts", "POST", json={"text": "Hello."}, headers=bearer(STANDARD)
+    )
     assert status == 200 and body[:4] == b"RIFF"
     assert (await call(server.url, "/readyz"))[0] == 200  # probes stay open by default
 
@@ -69,8 +74,9 @@ async def test_tier_without_a_feature_gets_403(running_server):
     tiers = {"standard": {"features": ["tts"]}}
     server = running_server({"auth": {"tokens": TOKENS}, "limits": {"tiers": tiers}})
     body = {"text": "Hello.", "stream": True}
-    status, _, payload = await call(server.url, "/api/tts", "POST", json=body,
-                                    headers=bearer(STANDARD))
+    status, _, payload = await call(
+        server.url, "/api/tts", "POST", json=body, headers=bearer(STANDARD)
+    )
     assert status == 403 and b"feature_not_allowed" in payload
     status, _, _ = await call(server.url, "/api/tts", "POST", json=body, headers=bearer(VIP))
     assert status == 200
@@ -147,8 +153,9 @@ async def test_character_quota_runs_out_sooner_for_long_texts(running_server):
     async def spend(token: str, text: str, attempts: int) -> list[int]:
         statuses = []
         for _ in range(attempts):
-            status, _, body = await call(server.url, "/api/tts", "POST", json={"text": text},
-                                         headers=bearer(token))
+            status, _, body = await call(
+                server.url, "/api/tts", "POST", json={"text": text}, headers=bearer(token)
+            )
             statuses.append(status)
             if status == 429:
                 assert b"char_quota_exceeded" in body
@@ -158,11 +165,13 @@ async def test_character_quota_runs_out_sooner_for_long_texts(running_server):
     short_statuses = await spend("other-token", short_text, 24)
     assert long_statuses[:2] == [200, 200] and long_statuses[2:] == [429, 429]
     assert 20 <= short_statuses.count(200) <= 22
-    status, _, body = await call(server.url, "/api/tts", "POST", json={"text": "x" * 700},
-                                 headers=bearer(VIP))
+    status, _, body = await call(
+        server.url, "/api/tts", "POST", json={"text": "x" * 700}, headers=bearer(VIP)
+    )
     assert status == 200  # the vip tier's quota is larger
-    status, _, body = await call(server.url, "/api/tts", "POST", json={"text": "y " * 400},
-                                 headers=bearer(STANDARD))
+    status, _, body = await call(
+        server.url, "/api/tts", "POST", json={"text": "y " * 400}, headers=bearer(STANDARD)
+    )
     assert status == 413 and b"text_exceeds_quota" in body
 
 
@@ -174,8 +183,7 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(running_server, tr
     }
     server = running_server(overrides)
     statuses = [
-        (await call(server.url, headers={"X-Forwarded-For": f"203.0.113.{i}"}))[0]
-        for i in range(4)
+        (await call(server.url, headers={"X-Forwarded-For": f"203.0.113.{i}"}))[0] for i in range(4)
     ]
     if trusted:
         assert statuses == [200] * 4  # four different clients behind the proxy
@@ -184,8 +192,9 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(running_server, tr
 
 
 async def test_access_policies_for_probes(running_server):
-    server = running_server({"auth": {"tokens": TOKENS, "probe_access": "token"}},
-                            probe_token=STANDARD)
+    server = running_server(
+        {"auth": {"tokens": TOKENS, "probe_access": "token"}}, probe_token=STANDARD
+    )
     assert (await call(server.url, "/readyz"))[0] == 401
     assert (await call(server.url, "/readyz", headers=bearer(STANDARD)))[0] == 200
     assert (await call(server.url, "/healthz", headers=bearer(VIP)))[0] == 200

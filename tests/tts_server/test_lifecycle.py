@@ -14,7 +14,8 @@ from tests.support import REPO, decode_wav, shm_segments_of
 
 LONG_TEXT = " ".join(
     f"Paragraph {i} of the long report explains, at some length, what the committee decided"
-    " and why the members believed it was the right choice for the town." for i in range(6)
+    " and why the members believed it was the right choice for the town."
+    for i in range(6)
 )
 
 
@@ -113,16 +114,25 @@ async def test_front_sigkill_leaves_no_workers_redis_or_shared_memory(running_se
     assert len(workers) == 5  # 2 piper workers, 1 espeak, the resource tracker, redis-server
     server.process.kill()
     server.process.wait()
-    await wait_for(lambda: not any(psutil.pid_exists(pid) and
-                                   psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                                   for pid in workers), 30)
+    await wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                for pid in workers
+            )
+        ),
+        30,
+    )
     await wait_for(lambda: shm_segments_of(server.pid) == [], 30)
 
 
 def test_non_loopback_bind_without_token_refuses_to_start():
     result = subprocess.run(
         [sys.executable, "-m", "tts_server", "--host", "0.0.0.0", "--port", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "without an API token" in result.stderr
@@ -136,7 +146,10 @@ def test_corrupt_voice_stops_the_start_with_a_clear_message(tmp_path, make_confi
     config = make_config({"voices": {"directory": str(tmp_path)}, "pool": {"workers": 1}})
     result = subprocess.run(
         [sys.executable, "-m", "tts_server", "--config", str(config), "--port", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 3
     assert "cannot start the inference pool" in result.stderr

@@ -31,7 +31,8 @@ async def scrape(url: str) -> dict[tuple[str, tuple], float]:
 def total(samples: dict, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     return sum(
-        value for (sample, sample_labels), value in samples.items()
+        value
+        for (sample, sample_labels), value in samples.items()
         if sample == name and set(labels.items()) <= set(sample_labels)
     )
 
@@ -92,7 +93,9 @@ async def test_worker_metrics_survive_a_restart_without_double_counting(server):
         await asyncio.sleep(0.1)
     assert total(after, "tts_worker_restarts_total", engine="piper") == 2
     assert total(after, "tts_process_cpu_seconds_total", process="piper-0") >= cpu_before
-    assert total(after, "tts_synthesis_seconds_count") == total(before, "tts_synthesis_seconds_count")
+    assert total(after, "tts_synthesis_seconds_count") == total(
+        before, "tts_synthesis_seconds_count"
+    )
     api = {"route": "/api/tts"}
     assert total(after, "tts_requests_total", **api) == total(before, "tts_requests_total", **api)
 
@@ -137,8 +140,18 @@ async def test_dashboard_panels_only_query_exported_metrics(server):
     assert queried, "the dashboard queries nothing"
     assert queried <= exported, f"not exported: {sorted(queried - exported)}"
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("requests per second", "p95", "error", "cpu", "memory", "cache hit",
-                  "queue", "real-time factor", "engine split", "degradation"):
+    for topic in (
+        "requests per second",
+        "p95",
+        "error",
+        "cpu",
+        "memory",
+        "cache hit",
+        "queue",
+        "real-time factor",
+        "engine split",
+        "degradation",
+    ):
         assert topic in titles
 
 
@@ -151,16 +164,33 @@ async def test_access_log_is_one_json_line_per_request(running_server):
     server = running_server({"server": {"log_format": "json"}, "cache": {"redis": "off"}})
     await post(server.url, {"text": "Log me as JSON."})
     await asyncio.sleep(0.2)
-    lines = [json.loads(line) for line in Path(server.log_path).read_text().splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for line in Path(server.log_path).read_text().splitlines()
+        if line.startswith("{")
+    ]
     access = [e for e in lines if e["logger"] == "tts.access" and e.get("route") == "/api/tts"]
     assert len(access) == 1
     entry = access[0]
-    for field in ("request_id", "status", "voice", "engine", "chars", "audio_s", "cache",
-                  "queue_ms", "synthesis_ms", "total_ms"):
+    for field in (
+        "request_id",
+        "status",
+        "voice",
+        "engine",
+        "chars",
+        "audio_s",
+        "cache",
+        "queue_ms",
+        "synthesis_ms",
+        "total_ms",
+    ):
         assert field in entry, field
     assert (entry["status"], entry["voice"], entry["cache"], entry["chars"]) == (
-        200, "joe", "miss", 15)
+        200,
+        "joe",
+        "miss",
+        15,
+    )
 
 
 async def test_metrics_access_policy_and_switch(running_server):

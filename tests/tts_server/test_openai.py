@@ -100,13 +100,18 @@ async def test_streaming_response_arrives_in_chunks_that_concatenate(client, res
 
 
 async def test_sse_events_parse_and_carry_the_audio(server):
-    body = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": TEXT,
-            "response_format": "pcm", "stream_format": "sse"}
+    body = {
+        "model": "gpt-4o-mini-tts",
+        "voice": "alloy",
+        "input": TEXT,
+        "response_format": "pcm",
+        "stream_format": "sse",
+    }
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/v1/audio/speech", json=body) as response:
             assert response.headers["Content-Type"].startswith("text/event-stream")
             text = (await response.read()).decode()
-    events = [json.loads(line[len("data: "):]) for line in text.split("\n\n") if line]
+    events = [json.loads(line[len("data: ") :]) for line in text.split("\n\n") if line]
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
     assert events[-1]["type"] == "speech.audio.done" and "usage" in events[-1]
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
@@ -145,19 +150,27 @@ async def test_bad_requests_get_openai_shaped_400(client, kwargs, param):
 
 async def test_missing_or_wrong_key_is_401_when_tokens_are_configured(running_server):
     token = "sk-test-key"
-    entry = {"name": "sdk", "tier": "standard", "sha256": hashlib.sha256(token.encode()).hexdigest()}
+    entry = {
+        "name": "sdk",
+        "tier": "standard",
+        "sha256": hashlib.sha256(token.encode()).hexdigest(),
+    }
     server = running_server({"auth": {"tokens": [entry]}})
     for key in ("wrong-key", None):
         headers = {"Authorization": openai.Omit()} if key is None else None
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key or "unused",
-                                      max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.url}/v1", api_key=key or "unused", max_retries=0
+        ) as client:
             with pytest.raises(openai.AuthenticationError) as info:
-                await client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT,
-                                                 extra_headers=headers)
+                await client.audio.speech.create(
+                    model="tts-1", voice="alloy", input=TEXT, extra_headers=headers
+                )
         assert info.value.body["type"] == "authentication_error"
         assert info.value.body["code"] == ("invalid_token" if key else "missing_token")
-    async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=token,
-                                  max_retries=0) as client:
-        response = await client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT,
-                                                    response_format="wav")
+    async with openai.AsyncOpenAI(
+        base_url=f"{server.url}/v1", api_key=token, max_retries=0
+    ) as client:
+        response = await client.audio.speech.create(
+            model="tts-1", voice="alloy", input=TEXT, response_format="wav"
+        )
     assert decode_wav(response.content)[1] == 22050

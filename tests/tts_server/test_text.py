@@ -12,7 +12,11 @@ def test_sentences_split_on_english_and_cjk_punctuation():
         "How are you?",
         "Fine!",
     ]
-    assert split_sentences("今天天气很好。我们去散步吧！好的") == ["今天天气很好。", "我们去散步吧！", "好的"]
+    assert split_sentences("今天天气很好。我们去散步吧！好的") == [
+        "今天天气很好。",
+        "我们去散步吧！",
+        "好的",
+    ]
 
 
 def test_abbreviations_do_not_end_sentences():
