@@ -112,7 +112,9 @@ for _ = 1, 20 do
   if field(id, 'status') == 'queued' then
     local J = jkey(id)
     redis.call('HSET', J, 'status', 'running', 'lease', ARGV[2], 'instance', ARGV[4])
-    if (tonumber(field(id, 'started_ms')) or 0) == 0 then redis.call('HSET', J, 'started_ms', now) end
+    if (tonumber(field(id, 'started_ms')) or 0) == 0 then
+      redis.call('HSET', J, 'started_ms', now)
+    end
     redis.call('HINCRBY', J, 'attempts', 1)
     redis.call('ZADD', L, now + tonumber(ARGV[3]), id)
     return id

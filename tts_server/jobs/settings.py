@@ -11,15 +11,24 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..config import ConfigError, Settings, _build_section
+if TYPE_CHECKING:
+    from ..config import Settings
 
 ENV_VAR = "TTS_JOBS_SETTINGS"
 
 
+def _config_error(message: str) -> Exception:
+    # Imported here: tts_server.config may import this module while it loads.
+    from ..config import ConfigError
+
+    return ConfigError(message)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ConfigError(message)
+        raise _config_error(message)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class JobSettings:
 
 def load_job_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> JobSettings:
     """settings.jobs (once config.py has it) or the defaults, then TTS_JOBS_SETTINGS."""
+    from ..config import _build_section
+
     environ = os.environ if environ is None else environ
     base = getattr(settings, "jobs", None)
     values = dict(vars(base)) if isinstance(base, JobSettings) else {}
@@ -91,7 +102,7 @@ def load_job_settings(settings: Settings, environ: Mapping[str, str] | None = No
         try:
             overrides = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{ENV_VAR} is not JSON: {exc}") from None
+            raise _config_error(f"{ENV_VAR} is not JSON: {exc}") from None
         _require(isinstance(overrides, dict), f"{ENV_VAR} must be a JSON object")
         values.update(overrides)
     return _build_section("jobs", JobSettings, values)
