@@ -389,7 +389,7 @@ async def test_audio_is_409_until_done_then_served_with_ranges(jobs_server, sess
 async def test_interactive_requests_keep_their_deadline_under_a_job_burst(jobs_server, session):
     alice = Client(session, jobs_server.url, "alice")
     burst = [await alice.created({"text": paragraph(1100 + 40 * i, 40)}) for i in range(12)]
-    deadline_ms = 4000
+    deadline_ms = 5000
     waiting_lane2 = []
     try:
         for i in range(6):
@@ -620,6 +620,7 @@ async def test_jobs_pause_while_the_degradation_ladder_is_up(memory_server, sess
             if readyz(server)["degradation_level"] >= 1:
                 break
             await asyncio.sleep(0.1)
+        assert readyz(server)["degradation_level"] >= 1
         job_id = await alice.created({"text": paragraph(3400, 2)})
         await asyncio.sleep(1.5)
         assert (await alice.job(job_id))["status"] == "queued"
