@@ -203,9 +203,14 @@ class JobRunner:
                 LOG.info("job %s: done", claim.job.id)
 
     async def _requeue(self, claim: Claim, code: str, message: str, refund: bool) -> None:
-        LOG.warning("job %s: %s (%s); requeued", claim.job.id, message, code)
-        await self._safely(self.store.requeue(claim, self.settings.retry_delay_s, refund, code,
-                                              message))
+        try:
+            status = await self.store.requeue(claim, self.settings.retry_delay_s, refund, code,
+                                              message)
+        except StoreUnavailable as exc:
+            LOG.warning("jobs: store unavailable: %s", exc)
+            return
+        outcome = status.value if status is not None else "lost (another runner has it)"
+        LOG.warning("job %s: %s (%s); now %s", claim.job.id, message, code, outcome)
 
     async def _give_back(self, claim: Claim) -> None:
         """Shutdown (or a lost lease): back to the queue in its place, the attempt refunded."""
