@@ -285,6 +285,14 @@ class InferencePool:
         own = chars / max(1, min(ready, units))
         return (ahead / ready + own) * self.seconds_per_char
 
+    def busy_with(self, max_priority: int) -> bool:
+        """Units of priority <= max_priority are queued or running (interactive load)."""
+        running = any(h.unit is not None and h.unit.priority <= max_priority
+                      for h in self._handles)
+        queued = any(depth for priority, depth in self._pending.depth_by_priority().items()
+                     if priority <= max_priority)
+        return running or queued
+
     @property
     def ready(self) -> bool:
         return bool(self._handles) and all(h.state is WorkerState.READY for h in self._handles)

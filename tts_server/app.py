@@ -179,7 +179,11 @@ async def degradation_context(app: web.Application) -> AsyncIterator[None]:
     if settings.enabled:
         reader = (file_cpu_reader(settings.cpu_reading_file) if settings.cpu_reading_file
                   else system_cpu_reader())
-        ladder = DegradationLadder(settings, app[keys.RUN_STATE], reader)
+        pools = app[keys.POOLS]
+        ladder = DegradationLadder(
+            settings, app[keys.RUN_STATE], reader,
+            interactive_load=lambda: any(p.busy_with(max_priority=1) for p in pools.values()),
+        )
         task = asyncio.get_running_loop().create_task(ladder.run())
     yield
     if task is not None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jobs.settings import JobSettings
+
 ENV_PREFIX = "TTS_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -160,6 +162,9 @@ class DegradationSettings:
     up_cpu_percent: float = 90.0
     down_window_s: float = 30.0
     down_cpu_percent: float = 70.0
+    # Count CPU only while interactive requests (lanes 0 and 1) are queued or running: CPU
+    # spent on background jobs alone never degrades interactive service.
+    only_with_interactive_load: bool = True
     # Test seam: read the CPU % from this file instead of the machine ("" = the machine).
     cpu_reading_file: str = ""
 
@@ -199,7 +204,9 @@ class CacheSettings:
     ttl_s: int = 7 * 24 * 3600
     namespace: str = "tts:v1"
     private_redis_maxmemory_bytes: int = 512 * 1024 * 1024
-    private_redis_policy: str = "allkeys-lru"
+    # volatile-lru: cache and limiter keys all carry a TTL and are evicted as needed;
+    # queued and running jobs (no TTL) never are.
+    private_redis_policy: str = "volatile-lru"
     # > 0: instances sharing Redis also coalesce, waiting up to this long for a peer.
     cross_instance_wait_ms: int = 0
     # Announcements synthesized and stored at start (the "fixed broadcast copy" case).
@@ -366,6 +373,7 @@ class Settings:
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens

@@ -45,11 +45,13 @@ def file_cpu_reader(path: str) -> Callable[[], float]:
 
 class DegradationLadder:
     def __init__(self, settings: DegradationSettings, state: RunState,
-                 read_cpu: Callable[[], float], clock: Callable[[], float] = time.monotonic):
+                 read_cpu: Callable[[], float], clock: Callable[[], float] = time.monotonic,
+                 interactive_load: Callable[[], bool] = lambda: True):
         self.settings = settings
         self.state = state
         self.read_cpu = read_cpu
         self.clock = clock
+        self.interactive_load = interactive_load
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._changed_at = clock()
         self.last_cpu_percent = 0.0
@@ -91,7 +93,14 @@ class DegradationLadder:
         self.state.degradation_level = level
         self._changed_at = now
 
+    def reading(self) -> float:
+        """The CPU % that counts: zero while no interactive work waits or runs."""
+        cpu = self.read_cpu()
+        if self.settings.only_with_interactive_load and not self.interactive_load():
+            return 0.0
+        return cpu
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sample_interval_s)
-            self.observe(self.read_cpu())
+            self.observe(self.reading())

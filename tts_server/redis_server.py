@@ -46,7 +46,7 @@ class RedisProcess:
     def __init__(
         self,
         maxmemory_bytes: int = 256 << 20,
-        policy: str = "allkeys-lru",
+        policy: str = "volatile-lru",
         port: int | None = None,
         binary: str | None = None,
     ) -> None:

@@ -99,3 +99,21 @@ def test_short_spikes_do_not_move_the_ladder():
         feed(ladder_, clock, 100, 1)
         feed(ladder_, clock, 20, 2)
     assert state.degradation_level == 0
+
+
+def test_cpu_counts_only_while_interactive_work_waits_or_runs():
+    clock = Clock()
+    busy = {"interactive": False}
+    settings = DegradationSettings(sample_interval_s=1, window_s=3, down_window_s=5)
+    state = RunState()
+    ladder_ = DegradationLadder(settings, state, lambda: 100.0, clock,
+                                interactive_load=lambda: busy["interactive"])
+    for _ in range(10):  # background jobs alone keep the CPU at 100 %
+        clock.now += 1
+        ladder_.observe(ladder_.reading())
+    assert state.degradation_level == 0
+    busy["interactive"] = True
+    for _ in range(4):
+        clock.now += 1
+        ladder_.observe(ladder_.reading())
+    assert state.degradation_level == 1

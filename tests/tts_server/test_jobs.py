@@ -563,7 +563,8 @@ def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
     folder = tmp_path_factory.mktemp("memory_server")
     cpu_file = folder / "cpu"
     cpu_file.write_text("0")
-    degradation = {"enabled": True, "cpu_reading_file": str(cpu_file), "sample_interval_s": 0.1,
+    degradation = {"enabled": True, "cpu_reading_file": str(cpu_file),
+                   "only_with_interactive_load": False, "sample_interval_s": 0.1,
                    "window_s": 0.5, "down_window_s": 0.5}
     settings = {"max_concurrent": 1, "max_queued_per_owner": 2, "max_queued_total": 3,
                 "result_ttl_s": 3, "poll_interval_s": 0.1, "batch_units": 2}

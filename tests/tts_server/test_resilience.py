@@ -238,6 +238,24 @@ def burn_cpu(seconds: float) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
 
 
+async def keep_busy(url: str, headers: dict, stop: asyncio.Event, lane: int) -> None:
+    """Interactive load: unique sentences back to back until told to stop."""
+    count = 0
+    while not stop.is_set():
+        count += 1
+        await post(url, {"text": f"Lane {lane} keeps the engine busy, request {count}."}, headers)
+
+
+async def wait_for_level(url: str, wanted: int, tries: int = 200) -> int:
+    level = -1
+    for _ in range(tries):
+        level = (await readyz(url))["degradation_level"]
+        if level == wanted:
+            break
+        await asyncio.sleep(0.1)
+    return level
+
+
 async def test_ladder_climbs_under_real_cpu_load_and_comes_back(running_server):
     server = running_server(
         {
@@ -252,14 +270,16 @@ async def test_ladder_climbs_under_real_cpu_load_and_comes_back(running_server):
             },
         }
     )
-    vip, std = {"Authorization": f"Bearer {VIP_SECRET}"}, {"Authorization": f"Bearer {STD_SECRET}"}
-    burners = burn_cpu(20)
+    vip = {"Authorization": f"Bearer {VIP_SECRET}"}
+    std = {"Authorization": f"Bearer {STD_SECRET}"}
+    burners = burn_cpu(30)
+    stop = asyncio.Event()
+    lanes = []
     try:
-        for _ in range(150):
-            if (await readyz(server.url))["degradation_level"] == 3:
-                break
-            await asyncio.sleep(0.1)
-        assert (await readyz(server.url))["degradation_level"] == 3
+        await asyncio.sleep(2.5)  # a busy machine but no interactive work: nothing to degrade
+        assert (await readyz(server.url))["degradation_level"] == 0
+        lanes = [asyncio.create_task(keep_busy(server.url, vip, stop, n)) for n in range(3)]
+        assert await wait_for_level(server.url, 3) == 3
         status, headers, _ = await post(server.url, {"text": "Standard user here."}, std)
         assert status == 503 and headers["X-Degradation-Level"] == "3"
         status, headers, _ = await post(server.url, {"text": "Important user here."}, vip)
@@ -268,9 +288,11 @@ async def test_ladder_climbs_under_real_cpu_load_and_comes_back(running_server):
             async with session.get(f"{server.url}/ui/status") as response:
                 assert (await response.json())["preview_enabled"] is False
     finally:
+        stop.set()
         for burner in burners:
             burner.kill()
             burner.wait()
+        await asyncio.gather(*lanes)
     seen = set()
     for _ in range(150):
         level = (await readyz(server.url))["degradation_level"]
@@ -293,6 +315,7 @@ async def test_ladder_level_two_sends_standard_to_the_fallback(running_server, t
                 "sample_interval_s": 0.1,
                 "window_s": 1.0,
                 "cpu_reading_file": str(reading),
+                "only_with_interactive_load": False,
             },
         }
     )

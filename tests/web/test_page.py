@@ -282,7 +282,8 @@ def test_degradation_banner_follows_the_real_ladder(running_server, open_page, t
     reading = tmp_path / "cpu.txt"
     reading.write_text("0")
     fast = {"sample_interval_s": 0.1, "window_s": 0.5, "down_window_s": 0.5}
-    ladder = {"enabled": True, "cpu_reading_file": str(reading), **fast}
+    ladder = {"enabled": True, "cpu_reading_file": str(reading),
+              "only_with_interactive_load": False, **fast}
     server = running_server({"degradation": ladder})
     session = open_page(server.url)
     page = session.page
