@@ -69,6 +69,8 @@ class Variant:
     calibrate_method: str = "MinMax"  # static only: "MinMax" | "Percentile" | "Entropy"
     calibration_sentences: int = 24
     extra_options: tuple[tuple[str, object], ...] = field(default=())
+    # More (node-name prefix, op types) selections besides scope x op_types.
+    also: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def recipe(self) -> dict[str, object]:
         import onnxruntime
@@ -118,6 +120,15 @@ VARIANTS: dict[str, Variant] = {
                 "static QDQ U8S8, decoder convs + LeakyRelu + Add (int8 chain), per-channel",
                 op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
                 activation_type=_U8, extra_options=_DEDICATED),
+        Variant("qdq-dec-act-flow-pc-u8", "static",
+                "qdq-dec-act-pc-u8 plus the flow's convs (per-channel, U8S8)",
+                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
+                activation_type=_U8, extra_options=_DEDICATED, also=(("/flow/", _CONVS),)),
+        Variant("qdq-dec-act-flow-enc-pc-u8", "static",
+                "qdq-dec-act-flow-pc-u8 plus the text encoder's convs",
+                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
+                activation_type=_U8, extra_options=_DEDICATED,
+                also=(("/flow/", _CONVS), ("/enc_p/", _CONV))),
         Variant("qdq-decflow-pc-u8", "static", "static QDQ U8S8, decoder + flow convs, per-channel",
                 op_types=_CONVS, per_channel=True, scope=("/dec/", "/flow/"), activation_type=_U8),
         Variant("qdq-conv-pc-u8", "static", "static QDQ U8S8, every Conv/ConvTranspose, per-channel",
@@ -222,11 +233,13 @@ def _scoped_nodes(model_path: Path, variant: Variant) -> list[str] | None:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    types = set(variant.op_types) if variant.op_types else None
+    selections = [(variant.scope, set(variant.op_types) or None)]
+    selections += [((prefix,), set(types)) for prefix, types in variant.also]
     names = [
         node.name
         for node in model.graph.node
-        if node.name.startswith(variant.scope) and (types is None or node.op_type in types)
+        if any(node.name.startswith(prefixes) and (types is None or node.op_type in types)
+               for prefixes, types in selections)
     ]
     if not names:
         raise QuantizeError(f"variant {variant.name}: no node matches scope {variant.scope}")
@@ -260,7 +273,7 @@ def build_model(files: VoiceFiles, variant: Variant, out_path: Path, workdir: Pa
     if variant.method == "none":
         shutil.copyfile(source, out_path)
         return
-    op_types = list(variant.op_types) or None
+    op_types = sorted({*variant.op_types, *(t for _, ts in variant.also for t in ts)}) or None
     nodes = _scoped_nodes(source, variant)
     extra = dict(variant.extra_options)
     if variant.method == "dynamic":
@@ -315,7 +328,8 @@ def ensure_variant(
     folder_root = Path(data_dir) if data_dir is not None else data_dir_default()
     model, config, recipe_path = variant_paths(source_files, variant, folder_root)
     recipe = {**spec.recipe(), "source_sha256": model.parent.name.rsplit("-", 1)[-1]}
-    result = VoiceFiles(source_files.name, str(model), str(config))
+    recipe = json.loads(json.dumps(recipe))  # as read back from disk (tuples -> lists)
+    result = dataclasses.replace(source_files, model_path=str(model), config_path=str(config))
     if _is_current(model, config, recipe_path, recipe):
         return result
     with _locked(model.parent):

@@ -14,7 +14,8 @@ sentences / reference words summed, in percent (corpus-level, not a mean of per-
 rates).
 
 Spectral distance: log-mel spectrogram (1024-point FFT, hop 256, 80 mel bands 0-8 kHz,
-power in dB floored at -100 dB) of the variant's audio and of FP32's audio of the same
+power in dB, both floored at the FP32 spectrogram's peak - 80 dB so that differences deep
+in the silence do not count) of the variant's audio and of FP32's audio of the same
 sentence; the mean absolute difference in dB over the frames both have (a variant whose
 durations differ is compared over the common length and its length ratio is reported
 beside it; no time warping).
@@ -44,6 +45,7 @@ GATE_POINTS = 1.0
 N_FFT = 1024
 HOP = 256
 N_MELS = 80
+TOP_DB = 80.0
 
 _BRITISH = {
     "neighbouring": "neighboring", "neighbour": "neighbor", "harbour": "harbor",
@@ -134,10 +136,13 @@ def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def mel_distance_db(audio: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
-    """Mean |log-mel difference| in dB over the frames both signals have."""
+    """Mean |log-mel difference| in dB over the frames both signals have, both floored at
+    the reference's peak - TOP_DB (differences deep in the silence do not count)."""
     a, b = log_mel(audio, sample_rate), log_mel(reference, sample_rate)
     frames = min(len(a), len(b))
-    return float(np.mean(np.abs(a[:frames] - b[:frames])))
+    floor = float(b.max(initial=-100.0)) - TOP_DB
+    a, b = np.maximum(a[:frames], floor), np.maximum(b[:frames], floor)
+    return float(np.mean(np.abs(a - b)))
 
 
 # ---- transcription --------------------------------------------------------------------------
