@@ -94,8 +94,9 @@ class BatchEngine:
         self.hop_length = hop_length or self._measure_hop()
 
     @classmethod
-    def load(cls, files: VoiceFiles, threads: int = 1, plan: ThreadPlan | None = None
-             ) -> BatchEngine:
+    def load(
+        cls, files: VoiceFiles, threads: int = 1, plan: ThreadPlan | None = None
+    ) -> BatchEngine:
         from piper.config import PiperConfig
 
         from .voice import read_voice_config
@@ -121,11 +122,14 @@ class BatchEngine:
             raise RuntimeError(f"audio samples {samples} are not a multiple of frames {frames}")
         return samples // frames
 
-    def _inputs(self, id_seqs: Sequence[Sequence[int]], options: SynthesisOptions
-                ) -> dict[str, np.ndarray]:
+    def _inputs(
+        self, id_seqs: Sequence[Sequence[int]], options: SynthesisOptions
+    ) -> dict[str, np.ndarray]:
         ids, lengths = pad_batch(id_seqs)
         inputs: dict[str, np.ndarray] = {
-            "input": ids, "input_lengths": lengths, "scales": self.voice.scales(options),
+            "input": ids,
+            "input_lengths": lengths,
+            "scales": self.voice.scales(options),
         }
         speaker = self.voice.speaker_input(options.speaker_id)
         if speaker is not None:
@@ -150,13 +154,15 @@ class BatchEngine:
             spans.append(span.astype(np.int64))
         return BatchOutput(items, spans, audio.shape[1])
 
-    def infer_batch(self, id_seqs: Sequence[Sequence[int]], options: SynthesisOptions
-                    ) -> list[np.ndarray]:
+    def infer_batch(
+        self, id_seqs: Sequence[Sequence[int]], options: SynthesisOptions
+    ) -> list[np.ndarray]:
         """Float32 audio per item, peak-normalized per item like Voice.infer."""
         return [normalize_peak(a) for a in self.run(id_seqs, options).audio]
 
-    def synthesize_batch(self, texts: Sequence[str], options: SynthesisOptions,
-                         max_batch: int = 8) -> list[np.ndarray]:
+    def synthesize_batch(
+        self, texts: Sequence[str], options: SynthesisOptions, max_batch: int = 8
+    ) -> list[np.ndarray]:
         """int16 audio per text (its sentences concatenated), sentences batched by bucket."""
         sentences: list[tuple[int, list[int]]] = []
         for index, text in enumerate(texts):

@@ -21,59 +21,161 @@ DEFAULT_SEED = 2024
 CORPUS_SIZE = 600
 
 _PEOPLE = [
-    "the mayor", "a local teacher", "the head nurse", "our new neighbour", "the team captain",
-    "a young engineer", "the museum director", "the bus driver", "my grandmother",
-    "the chief scientist", "a retired pilot", "the park ranger", "the company founder",
-    "a quiet student", "the night guard", "the lead singer",
+    "the mayor",
+    "a local teacher",
+    "the head nurse",
+    "our new neighbour",
+    "the team captain",
+    "a young engineer",
+    "the museum director",
+    "the bus driver",
+    "my grandmother",
+    "the chief scientist",
+    "a retired pilot",
+    "the park ranger",
+    "the company founder",
+    "a quiet student",
+    "the night guard",
+    "the lead singer",
 ]
 _GROUPS = [
-    "The city council", "Local officials", "The central bank", "A regional hospital",
-    "The transport authority", "Researchers at the university", "The energy company",
-    "Farmers in the valley", "The school board", "Emergency services", "The art museum",
-    "A group of residents", "The weather service", "Several investors", "The football club",
-    "The library committee", "Volunteers from the shelter", "The harbour authority",
+    "The city council",
+    "Local officials",
+    "The central bank",
+    "A regional hospital",
+    "The transport authority",
+    "Researchers at the university",
+    "The energy company",
+    "Farmers in the valley",
+    "The school board",
+    "Emergency services",
+    "The art museum",
+    "A group of residents",
+    "The weather service",
+    "Several investors",
+    "The football club",
+    "The library committee",
+    "Volunteers from the shelter",
+    "The harbour authority",
 ]
 _VERBS = [
-    "announced", "approved", "rejected", "postponed", "reviewed", "defended", "criticized",
-    "welcomed", "questioned", "published", "delayed", "supported",
+    "announced",
+    "approved",
+    "rejected",
+    "postponed",
+    "reviewed",
+    "defended",
+    "criticized",
+    "welcomed",
+    "questioned",
+    "published",
+    "delayed",
+    "supported",
 ]
 _THINGS = [
-    "a new budget for public parks", "plans for a second bridge",
-    "the proposal to extend bus routes", "a report on rising housing costs",
-    "changes to the recycling program", "a study of air quality near schools",
-    "the decision to raise interest rates", "an agreement with neighbouring towns",
-    "the schedule for road repairs", "a warning about heavy rain this weekend",
-    "a plan to plant trees along the river", "new rules for electric scooters",
-    "the design of the central station", "a survey of small businesses",
+    "a new budget for public parks",
+    "plans for a second bridge",
+    "the proposal to extend bus routes",
+    "a report on rising housing costs",
+    "changes to the recycling program",
+    "a study of air quality near schools",
+    "the decision to raise interest rates",
+    "an agreement with neighbouring towns",
+    "the schedule for road repairs",
+    "a warning about heavy rain this weekend",
+    "a plan to plant trees along the river",
+    "new rules for electric scooters",
+    "the design of the central station",
+    "a survey of small businesses",
 ]
 _WHEN = [
-    "after a long debate", "late on Tuesday evening", "earlier this morning",
-    "following complaints from residents", "in a statement released today",
-    "despite objections from several members", "at the end of a busy week",
-    "before the summer holidays", "without much discussion", "for the second time this year",
+    "after a long debate",
+    "late on Tuesday evening",
+    "earlier this morning",
+    "following complaints from residents",
+    "in a statement released today",
+    "despite objections from several members",
+    "at the end of a busy week",
+    "before the summer holidays",
+    "without much discussion",
+    "for the second time this year",
 ]
 _PLACES = [
-    "platform four", "the main entrance", "the north gate", "the second floor",
-    "the front desk", "the east wing", "the car park", "the lecture hall", "the river bank",
-    "the old market", "the garden centre", "the harbour",
+    "platform four",
+    "the main entrance",
+    "the north gate",
+    "the second floor",
+    "the front desk",
+    "the east wing",
+    "the car park",
+    "the lecture hall",
+    "the river bank",
+    "the old market",
+    "the garden centre",
+    "the harbour",
 ]
 _TRANSPORT = ["train", "bus", "ferry", "flight", "tram", "coach"]
 _CITIES = [
-    "Boston", "Chicago", "Denver", "Seattle", "Portland", "Austin", "Atlanta", "Phoenix",
-    "Houston", "Dallas", "Miami", "Detroit",
+    "Boston",
+    "Chicago",
+    "Denver",
+    "Seattle",
+    "Portland",
+    "Austin",
+    "Atlanta",
+    "Phoenix",
+    "Houston",
+    "Dallas",
+    "Miami",
+    "Detroit",
 ]
 _ADJECTIVES = [
-    "quiet", "bright", "crowded", "cold", "beautiful", "noisy", "peaceful", "strange",
-    "wonderful", "difficult", "careful", "gentle", "rapid", "sudden",
+    "quiet",
+    "bright",
+    "crowded",
+    "cold",
+    "beautiful",
+    "noisy",
+    "peaceful",
+    "strange",
+    "wonderful",
+    "difficult",
+    "careful",
+    "gentle",
+    "rapid",
+    "sudden",
 ]
 _NOUNS = [
-    "garden", "kitchen", "meeting", "journey", "window", "library", "concert", "bridge",
-    "village", "market", "forest", "harbour", "river", "mountain", "office", "station",
+    "garden",
+    "kitchen",
+    "meeting",
+    "journey",
+    "window",
+    "library",
+    "concert",
+    "bridge",
+    "village",
+    "market",
+    "forest",
+    "harbour",
+    "river",
+    "mountain",
+    "office",
+    "station",
 ]
 _ACTIVITIES = [
-    "read a book", "go for a walk", "cook dinner", "call your sister", "finish the report",
-    "water the plants", "visit the museum", "fix the old bicycle", "learn a new song",
-    "clean the windows", "write a letter", "watch the sunset",
+    "read a book",
+    "go for a walk",
+    "cook dinner",
+    "call your sister",
+    "finish the report",
+    "water the plants",
+    "visit the museum",
+    "fix the old bicycle",
+    "learn a new song",
+    "clean the windows",
+    "write a letter",
+    "watch the sunset",
 ]
 _FEELINGS = ["happy", "tired", "surprised", "worried", "excited", "relieved", "curious"]
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -81,10 +183,7 @@ _MONTHS = ["January", "March", "April", "June", "August", "October", "December"]
 
 
 def _news(rng: random.Random) -> str:
-    return (
-        f"{rng.choice(_GROUPS)} {rng.choice(_VERBS)} {rng.choice(_THINGS)}"
-        f" {rng.choice(_WHEN)}."
-    )
+    return f"{rng.choice(_GROUPS)} {rng.choice(_VERBS)} {rng.choice(_THINGS)} {rng.choice(_WHEN)}."
 
 
 def _announcement(rng: random.Random) -> str:
@@ -97,7 +196,9 @@ def _announcement(rng: random.Random) -> str:
         "Visitors are kindly asked to leave {p} in the next few minutes.",
     ]
     return rng.choice(forms).format(
-        t=rng.choice(_TRANSPORT), c=rng.choice(_CITIES), p=rng.choice(_PLACES),
+        t=rng.choice(_TRANSPORT),
+        c=rng.choice(_CITIES),
+        p=rng.choice(_PLACES),
         n=rng.choice(_NOUNS),
     )
 
@@ -113,8 +214,11 @@ def _dialogue(rng: random.Random) -> str:
         "You should have seen the {n}, it was really {a}.",
     ]
     return rng.choice(forms).format(
-        who=rng.choice(_PEOPLE), n=rng.choice(_NOUNS), a=rng.choice(_ADJECTIVES),
-        act=rng.choice(_ACTIVITIES), f=rng.choice(_FEELINGS),
+        who=rng.choice(_PEOPLE),
+        n=rng.choice(_NOUNS),
+        a=rng.choice(_ADJECTIVES),
+        act=rng.choice(_ACTIVITIES),
+        f=rng.choice(_FEELINGS),
     )
 
 
@@ -129,9 +233,14 @@ def _question(rng: random.Random) -> str:
         "Is it true that {who} wants to {act}?",
     ]
     return rng.choice(forms).format(
-        t=rng.choice(_TRANSPORT), c=rng.choice(_CITIES), act=rng.choice(_ACTIVITIES),
-        n=rng.choice(_NOUNS), a=rng.choice(_ADJECTIVES), p=rng.choice(_PLACES),
-        who=rng.choice(_PEOPLE), d=rng.choice(_DAYS),
+        t=rng.choice(_TRANSPORT),
+        c=rng.choice(_CITIES),
+        act=rng.choice(_ACTIVITIES),
+        n=rng.choice(_NOUNS),
+        a=rng.choice(_ADJECTIVES),
+        p=rng.choice(_PLACES),
+        who=rng.choice(_PEOPLE),
+        d=rng.choice(_DAYS),
     )
 
 
@@ -145,11 +254,22 @@ def _numbers(rng: random.Random) -> str:
         "Order number {big} was shipped on {mo} {n}, {year}.",
     ]
     return rng.choice(forms).format(
-        t=rng.choice(_TRANSPORT), c=rng.choice(_CITIES), h=rng.randint(1, 12),
-        m=rng.randint(0, 59), n=rng.randint(2, 30), p=rng.randint(1, 9), q=rng.randint(0, 9),
-        mo=rng.choice(_MONTHS), y=rng.randint(2, 40), big=rng.randint(120, 98000),
-        d=rng.choice(_DAYS), a=rng.randint(1, 9), b=rng.randint(0, 9), c2=rng.randint(0, 9),
-        d4=rng.randint(1000, 9999), year=rng.randint(1990, 2030),
+        t=rng.choice(_TRANSPORT),
+        c=rng.choice(_CITIES),
+        h=rng.randint(1, 12),
+        m=rng.randint(0, 59),
+        n=rng.randint(2, 30),
+        p=rng.randint(1, 9),
+        q=rng.randint(0, 9),
+        mo=rng.choice(_MONTHS),
+        y=rng.randint(2, 40),
+        big=rng.randint(120, 98000),
+        d=rng.choice(_DAYS),
+        a=rng.randint(1, 9),
+        b=rng.randint(0, 9),
+        c2=rng.randint(0, 9),
+        d4=rng.randint(1000, 9999),
+        year=rng.randint(1990, 2030),
     )
 
 
@@ -162,26 +282,50 @@ def _instruction(rng: random.Random) -> str:
         "Press the green button and wait for the {a} signal.",
     ]
     return rng.choice(forms).format(
-        act=rng.choice(_ACTIVITIES), n=rng.choice(_NOUNS), p=rng.choice(_PLACES),
-        t=rng.choice(_TRANSPORT), c=rng.choice(_CITIES), who=rng.choice(_PEOPLE),
-        a=rng.choice(_ADJECTIVES), d=rng.choice(_DAYS),
+        act=rng.choice(_ACTIVITIES),
+        n=rng.choice(_NOUNS),
+        p=rng.choice(_PLACES),
+        t=rng.choice(_TRANSPORT),
+        c=rng.choice(_CITIES),
+        who=rng.choice(_PEOPLE),
+        a=rng.choice(_ADJECTIVES),
+        d=rng.choice(_DAYS),
     )
 
 
 def _long(rng: random.Random) -> str:
     """Two clauses joined: the long end of the length distribution."""
     first = _news(rng).rstrip(".")
-    return f"{first}, and {rng.choice(_PEOPLE)} said the {rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)}."
+    who, what, how = rng.choice(_PEOPLE), rng.choice(_NOUNS), rng.choice(_ADJECTIVES)
+    return f"{first}, and {who} said the {what} was {how}."
 
 
 _SHORT = [
-    "Thank you.", "Good morning.", "Please wait.", "See you soon.", "Not today.",
-    "That sounds great.", "Come in.", "Watch your step.", "Almost there.", "Well done.",
-    "Of course.", "Right away.", "Mind the gap.", "Doors closing.", "Happy birthday.",
+    "Thank you.",
+    "Good morning.",
+    "Please wait.",
+    "See you soon.",
+    "Not today.",
+    "That sounds great.",
+    "Come in.",
+    "Watch your step.",
+    "Almost there.",
+    "Well done.",
+    "Of course.",
+    "Right away.",
+    "Mind the gap.",
+    "Doors closing.",
+    "Happy birthday.",
 ]
 
 _STYLES: tuple[Callable[[random.Random], str], ...] = (
-    _news, _announcement, _dialogue, _question, _numbers, _instruction, _long,
+    _news,
+    _announcement,
+    _dialogue,
+    _question,
+    _numbers,
+    _instruction,
+    _long,
 )
 
 

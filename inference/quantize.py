@@ -94,50 +94,144 @@ _U8 = "uint8"
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("pre", "none", "FP32 after quant_pre_process (control: does pre-processing alone help?)",
-                preprocess=True),
-        Variant("dyn-all", "dynamic", "quantize_dynamic, every supported op (convs -> ConvInteger)"),
+        Variant(
+            "pre",
+            "none",
+            "FP32 after quant_pre_process (control: does pre-processing alone help?)",
+            preprocess=True,
+        ),
+        Variant(
+            "dyn-all", "dynamic", "quantize_dynamic, every supported op (convs -> ConvInteger)"
+        ),
         Variant("dyn-matmul", "dynamic", "quantize_dynamic, MatMul only", op_types=("MatMul",)),
-        Variant("dyn-dec", "dynamic", "quantize_dynamic, decoder Conv/ConvTranspose only",
-                op_types=_CONVS, scope=_DEC),
+        Variant(
+            "dyn-dec",
+            "dynamic",
+            "quantize_dynamic, decoder Conv/ConvTranspose only",
+            op_types=_CONVS,
+            scope=_DEC,
+        ),
         # Static QDQ with int8 activations (S8S8): most convs stay float on x86 (ORT does not
         # fuse DQ-Conv-Q into QLinearConv for them), so these are kept as the measured loser.
-        Variant("qdq-conv-pc", "static", "static QDQ S8S8, every Conv, per-channel",
-                op_types=_CONV, per_channel=True),
-        Variant("qdq-dec-pc", "static", "static QDQ S8S8, decoder Conv+ConvTranspose, per-channel",
-                op_types=_CONVS, per_channel=True, scope=_DEC),
-        Variant("qdq-dec-pc-ded", "static", "as qdq-dec-pc, a dedicated QDQ pair per consumer",
-                op_types=_CONVS, per_channel=True, scope=_DEC, extra_options=_DEDICATED),
+        Variant(
+            "qdq-conv-pc",
+            "static",
+            "static QDQ S8S8, every Conv, per-channel",
+            op_types=_CONV,
+            per_channel=True,
+        ),
+        Variant(
+            "qdq-dec-pc",
+            "static",
+            "static QDQ S8S8, decoder Conv+ConvTranspose, per-channel",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=_DEC,
+        ),
+        Variant(
+            "qdq-dec-pc-ded",
+            "static",
+            "as qdq-dec-pc, a dedicated QDQ pair per consumer",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=_DEC,
+            extra_options=_DEDICATED,
+        ),
         # uint8 activations (U8S8): ORT's x86 QLinearConv path.
-        Variant("qdq-dec-u8", "static", "static QDQ U8S8, decoder convs, per-tensor",
-                op_types=_CONVS, scope=_DEC, activation_type=_U8),
-        Variant("qdq-dec-pc-u8", "static", "static QDQ U8S8, decoder convs, per-channel",
-                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8),
-        Variant("qdq-dec-pc-u8-ded", "static", "as qdq-dec-pc-u8, dedicated QDQ pairs",
-                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8,
-                extra_options=_DEDICATED),
-        Variant("qdq-dec-act-pc-u8", "static",
-                "static QDQ U8S8, decoder convs + LeakyRelu + Add (int8 chain), per-channel",
-                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
-                activation_type=_U8, extra_options=_DEDICATED),
-        Variant("qdq-dec-act-flow-pc-u8", "static",
-                "qdq-dec-act-pc-u8 plus the flow's convs (per-channel, U8S8)",
-                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
-                activation_type=_U8, extra_options=_DEDICATED, also=(("/flow/", _CONVS),)),
-        Variant("qdq-dec-act-flow-enc-pc-u8", "static",
-                "qdq-dec-act-flow-pc-u8 plus the text encoder's convs",
-                op_types=(*_CONVS, "LeakyRelu", "Add"), per_channel=True, scope=_DEC,
-                activation_type=_U8, extra_options=_DEDICATED,
-                also=(("/flow/", _CONVS), ("/enc_p/", _CONV))),
-        Variant("qdq-decflow-pc-u8", "static", "static QDQ U8S8, decoder + flow convs, per-channel",
-                op_types=_CONVS, per_channel=True, scope=("/dec/", "/flow/"), activation_type=_U8),
-        Variant("qdq-conv-pc-u8", "static", "static QDQ U8S8, every Conv/ConvTranspose, per-channel",
-                op_types=_CONVS, per_channel=True, activation_type=_U8),
-        Variant("qdq-all-pc-u8", "static", "static QDQ U8S8, Conv+ConvTranspose+MatMul, per-channel",
-                op_types=_ALL, per_channel=True, activation_type=_U8),
-        Variant("qdq-dec-pc-u8-pre", "static", "as qdq-dec-pc-u8, after quant_pre_process",
-                op_types=_CONVS, per_channel=True, scope=_DEC, activation_type=_U8,
-                preprocess=True),
+        Variant(
+            "qdq-dec-u8",
+            "static",
+            "static QDQ U8S8, decoder convs, per-tensor",
+            op_types=_CONVS,
+            scope=_DEC,
+            activation_type=_U8,
+        ),
+        Variant(
+            "qdq-dec-pc-u8",
+            "static",
+            "static QDQ U8S8, decoder convs, per-channel",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+        ),
+        Variant(
+            "qdq-dec-pc-u8-ded",
+            "static",
+            "as qdq-dec-pc-u8, dedicated QDQ pairs",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+            extra_options=_DEDICATED,
+        ),
+        Variant(
+            "qdq-dec-act-pc-u8",
+            "static",
+            "static QDQ U8S8, decoder convs + LeakyRelu + Add (int8 chain), per-channel",
+            op_types=(*_CONVS, "LeakyRelu", "Add"),
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+            extra_options=_DEDICATED,
+        ),
+        Variant(
+            "qdq-dec-act-flow-pc-u8",
+            "static",
+            "qdq-dec-act-pc-u8 plus the flow's convs (per-channel, U8S8)",
+            op_types=(*_CONVS, "LeakyRelu", "Add"),
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+            extra_options=_DEDICATED,
+            also=(("/flow/", _CONVS),),
+        ),
+        Variant(
+            "qdq-dec-act-flow-enc-pc-u8",
+            "static",
+            "qdq-dec-act-flow-pc-u8 plus the text encoder's convs",
+            op_types=(*_CONVS, "LeakyRelu", "Add"),
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+            extra_options=_DEDICATED,
+            also=(("/flow/", _CONVS), ("/enc_p/", _CONV)),
+        ),
+        Variant(
+            "qdq-decflow-pc-u8",
+            "static",
+            "static QDQ U8S8, decoder + flow convs, per-channel",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=("/dec/", "/flow/"),
+            activation_type=_U8,
+        ),
+        Variant(
+            "qdq-conv-pc-u8",
+            "static",
+            "static QDQ U8S8, every Conv/ConvTranspose, per-channel",
+            op_types=_CONVS,
+            per_channel=True,
+            activation_type=_U8,
+        ),
+        Variant(
+            "qdq-all-pc-u8",
+            "static",
+            "static QDQ U8S8, Conv+ConvTranspose+MatMul, per-channel",
+            op_types=_ALL,
+            per_channel=True,
+            activation_type=_U8,
+        ),
+        Variant(
+            "qdq-dec-pc-u8-pre",
+            "static",
+            "as qdq-dec-pc-u8, after quant_pre_process",
+            op_types=_CONVS,
+            per_channel=True,
+            scope=_DEC,
+            activation_type=_U8,
+            preprocess=True,
+        ),
     )
 }
 # The recommended INT8 recipe (docs/int8_and_batching.md has the measurements).
@@ -200,11 +294,13 @@ def calibration_inputs(files: VoiceFiles, count: int) -> list[dict[str, np.ndarr
     for text in calibration_sentences(count):
         for phonemes in voice.phonemize(text):
             ids = voice.to_ids(phonemes)
-            feeds.append({
-                "input": np.array([ids], dtype=np.int64),
-                "input_lengths": np.array([len(ids)], dtype=np.int64),
-                "scales": scales.copy(),
-            })
+            feeds.append(
+                {
+                    "input": np.array([ids], dtype=np.int64),
+                    "input_lengths": np.array([len(ids)], dtype=np.int64),
+                    "scales": scales.copy(),
+                }
+            )
     return feeds
 
 
@@ -238,8 +334,10 @@ def _scoped_nodes(model_path: Path, variant: Variant) -> list[str] | None:
     names = [
         node.name
         for node in model.graph.node
-        if any(node.name.startswith(prefixes) and (types is None or node.op_type in types)
-               for prefixes, types in selections)
+        if any(
+            node.name.startswith(prefixes) and (types is None or node.op_type in types)
+            for prefixes, types in selections
+        )
     ]
     if not names:
         raise QuantizeError(f"variant {variant.name}: no node matches scope {variant.scope}")
@@ -278,8 +376,13 @@ def build_model(files: VoiceFiles, variant: Variant, out_path: Path, workdir: Pa
     extra = dict(variant.extra_options)
     if variant.method == "dynamic":
         quantize_dynamic(
-            source, out_path, op_types_to_quantize=op_types, per_channel=variant.per_channel,
-            weight_type=QuantType.QInt8, nodes_to_quantize=nodes, extra_options=extra,
+            source,
+            out_path,
+            op_types_to_quantize=op_types,
+            per_channel=variant.per_channel,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
+            extra_options=extra,
         )
         return
     if variant.method != "static":
@@ -287,9 +390,15 @@ def build_model(files: VoiceFiles, variant: Variant, out_path: Path, workdir: Pa
     feeds = calibration_inputs(files, variant.calibration_sentences)
     activation = QuantType.QUInt8 if variant.activation_type == "uint8" else QuantType.QInt8
     quantize_static(
-        source, out_path, _reader(feeds), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=op_types, per_channel=variant.per_channel,
-        activation_type=activation, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+        source,
+        out_path,
+        _reader(feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        per_channel=variant.per_channel,
+        activation_type=activation,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes,
         calibrate_method=getattr(CalibrationMethod, variant.calibrate_method),
         extra_options=extra,
     )
@@ -345,8 +454,13 @@ def ensure_variant(
             os.replace(tmp_model, model)
             os.replace(tmp_config, config)
         recipe_path.write_text(json.dumps(recipe, indent=2, sort_keys=True), encoding="utf-8")
-        LOG.info("built %s in %.1f s: %s (%.1f MB)", variant, time.monotonic() - started, model,
-                 model.stat().st_size / 1e6)
+        LOG.info(
+            "built %s in %.1f s: %s (%.1f MB)",
+            variant,
+            time.monotonic() - started,
+            model,
+            model.stat().st_size / 1e6,
+        )
     return result
 
 
@@ -363,15 +477,17 @@ def default_voice() -> VoiceFiles:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m inference.quantize", description=__doc__,
+        prog="python -m inference.quantize",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("variants", nargs="*", help="variant names, or 'all'")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--model", help="source .onnx (default: the shipped en_US-joe-medium)")
     parser.add_argument("--config", help="source .onnx.json (default: MODEL + '.json')")
-    parser.add_argument("--data-dir", help=f"cache directory (default: ${DATA_DIR_ENV} or "
-                        f"{DEFAULT_DATA_DIR})")
+    parser.add_argument(
+        "--data-dir", help=f"cache directory (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     return parser.parse_args(argv)
 

@@ -48,10 +48,19 @@ N_MELS = 80
 TOP_DB = 80.0
 
 _BRITISH = {
-    "neighbouring": "neighboring", "neighbour": "neighbor", "harbour": "harbor",
-    "centre": "center", "colour": "color", "favourite": "favorite", "metres": "meters",
-    "metre": "meter", "criticised": "criticized", "programme": "program",
-    "travelling": "traveling", "cancelled": "canceled", "okay": "ok",
+    "neighbouring": "neighboring",
+    "neighbour": "neighbor",
+    "harbour": "harbor",
+    "centre": "center",
+    "colour": "color",
+    "favourite": "favorite",
+    "metres": "meters",
+    "metre": "meter",
+    "criticised": "criticized",
+    "programme": "program",
+    "travelling": "traveling",
+    "cancelled": "canceled",
+    "okay": "ok",
 }
 _PUNCT = re.compile(r"[^a-z0-9' ]+")
 
@@ -70,11 +79,13 @@ def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
     for i, ref_word in enumerate(ref, 1):
         current = [i]
         for j, hyp_word in enumerate(hyp, 1):
-            current.append(min(
-                previous[j] + 1,
-                current[j - 1] + 1,
-                previous[j - 1] + (ref_word != hyp_word),
-            ))
+            current.append(
+                min(
+                    previous[j] + 1,
+                    current[j - 1] + 1,
+                    previous[j - 1] + (ref_word != hyp_word),
+                )
+            )
         previous = current
     return previous[-1]
 
@@ -157,15 +168,21 @@ def whisper_model_dir() -> Path:
 class Transcriber:
     """faster-whisper on the packaged English model; deterministic (beam search, T=0)."""
 
-    def __init__(self, model_dir: str | Path | None = None, threads: int = 2,
-                 beam_size: int = 5) -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, threads: int = 2, beam_size: int = 5
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
 
         self.model_dir = Path(model_dir) if model_dir else whisper_model_dir()
         self.beam_size = beam_size
-        self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type="int8",
-                                   cpu_threads=threads, local_files_only=True)
+        self._model = WhisperModel(
+            str(self.model_dir),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=threads,
+            local_files_only=True,
+        )
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
         import soxr
@@ -175,8 +192,13 @@ class Transcriber:
         if sample_rate != WHISPER_RATE:
             x = soxr.resample(x, sample_rate, WHISPER_RATE).astype(np.float32)
         segments, _ = self._model.transcribe(
-            x, language="en", beam_size=self.beam_size, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
+            x,
+            language="en",
+            beam_size=self.beam_size,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
@@ -214,12 +236,15 @@ def evaluate(
 ) -> QualityReport:
     started = time.monotonic()
     transcripts = [transcriber.transcribe(a, sample_rate) for a in audios]
-    report = QualityReport(variant, len(sentences), word_error_rate(sentences, transcripts),
-                           transcripts=transcripts)
+    report = QualityReport(
+        variant, len(sentences), word_error_rate(sentences, transcripts), transcripts=transcripts
+    )
     if reference is not None:
-        report.mel_distance_db = float(np.mean(
-            [mel_distance_db(a, r, sample_rate) for a, r in zip(audios, reference, strict=True)]
-        ))
+        report.mel_distance_db = float(
+            np.mean(
+                [mel_distance_db(a, r, sample_rate) for a, r in zip(audios, reference, strict=True)]
+            )
+        )
         report.length_ratio = sum(len(a) for a in audios) / max(1, sum(len(r) for r in reference))
     report.seconds = time.monotonic() - started
     return report
@@ -247,8 +272,10 @@ def evaluate_variants(
 
 def format_reports(reports: dict[str, QualityReport]) -> str:
     fp32 = next(iter(reports.values()))
-    lines = [f"{'variant':20s} {'sentences':>9s} {'WER %':>7s} {'vs FP32':>8s} "
-             f"{'mel dB':>7s} {'length':>7s} {'gate':>5s}"]
+    lines = [
+        f"{'variant':20s} {'sentences':>9s} {'WER %':>7s} {'vs FP32':>8s} "
+        f"{'mel dB':>7s} {'length':>7s} {'gate':>5s}"
+    ]
     for report in reports.values():
         gate = "pass" if passes_gate(report.wer, fp32.wer) else "FAIL"
         lines.append(
@@ -263,16 +290,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .corpus import eval_sentences
     from .quantize import data_dir_default, default_voice
 
-    parser = argparse.ArgumentParser(prog="python -m inference.wer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.wer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("variants", nargs="*", default=[], help="variants besides fp32")
     parser.add_argument("--count", type=int, default=60, help="evaluation sentences (>= 50)")
     parser.add_argument("--data-dir", help="quantized model cache directory")
     parser.add_argument("--show", action="store_true", help="print every mismatching transcript")
     args = parser.parse_args(argv)
     sentences = eval_sentences(args.count)
-    reports = evaluate_variants(default_voice(), args.variants, sentences,
-                                args.data_dir or data_dir_default())
+    reports = evaluate_variants(
+        default_voice(), args.variants, sentences, args.data_dir or data_dir_default()
+    )
     print(format_reports(reports))
     if args.show:
         for report in reports.values():

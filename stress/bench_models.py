@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from inference import quantize
 from inference.batch_engine import BUCKET_EDGES, BUCKET_NAMES, BatchEngine, bucket_for
 from inference.corpus import corpus, eval_sentences
 from inference.protocol import VoiceFiles
 from inference.quantize import FP32, data_dir_default, default_voice, ensure_variant
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 
-DEFAULT_INT8 = "qdq-dec-act-pc-u8"
+DEFAULT_INT8 = quantize.DEFAULT_INT8
 SAMPLE_RATE = 22050
 # Production inputs: the voice's own noise (scales resolved by the Voice), not zero.
 OPTIONS = SynthesisOptions()
@@ -68,8 +69,9 @@ def _worker(conn: Connection, files: VoiceFiles, threads: int, batching: bool) -
         def run(seqs):
             return [len(a) for a in engine.infer_batch(seqs, OPTIONS)]
 
-        engine.infer_batch([engine.voice.to_ids(p) for p in engine.voice.phonemize("Warm up.")],
-                           OPTIONS)
+        engine.infer_batch(
+            [engine.voice.to_ids(p) for p in engine.voice.phonemize("Warm up.")], OPTIONS
+        )
     else:
         voice = Voice.load(files, plan)
         voice.warm_up()
@@ -90,8 +92,15 @@ def _worker(conn: Connection, files: VoiceFiles, threads: int, batching: bool) -
 class Pool:
     """`processes` spawned engines of one model, batching on or off."""
 
-    def __init__(self, name: str, files: VoiceFiles, processes: int, threads: int,
-                 batching: bool, max_batch: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        files: VoiceFiles,
+        processes: int,
+        threads: int,
+        batching: bool,
+        max_batch: int,
+    ) -> None:
         self.name = name
         self.batching = batching
         self.max_batch = max_batch if batching else 1
@@ -171,10 +180,17 @@ class Pool:
                 idle.append(conn)
                 offer(len(batch))
         wall = time.monotonic() - started
-        return LevelResult(self.name, concurrency, len(seqs), samples / SAMPLE_RATE / wall,
-                           len(seqs) / wall, percentile(latencies, 50),
-                           percentile(latencies, 95), dict(sorted(sizes.items())),
-                           samples / SAMPLE_RATE / cpu_s)
+        return LevelResult(
+            self.name,
+            concurrency,
+            len(seqs),
+            samples / SAMPLE_RATE / wall,
+            len(seqs) / wall,
+            percentile(latencies, 50),
+            percentile(latencies, 95),
+            dict(sorted(sizes.items())),
+            samples / SAMPLE_RATE / cpu_s,
+        )
 
 
 @dataclass
@@ -200,8 +216,9 @@ def phoneme_ids(files: VoiceFiles, texts: Sequence[str]) -> list[list[int]]:
     return [voice.to_ids(p) for t in texts for p in voice.phonemize(t)]
 
 
-def level_inputs(all_ids: list[list[int]], concurrency: int, scale: float, level_index: int
-                 ) -> list[list[int]]:
+def level_inputs(
+    all_ids: list[list[int]], concurrency: int, scale: float, level_index: int
+) -> list[list[int]]:
     count = max(int(round(max(40, 3 * concurrency) * scale)), concurrency)
     start = (level_index * 97) % len(all_ids)
     return [all_ids[(start + i) % len(all_ids)] for i in range(count)]
@@ -219,49 +236,61 @@ def decision_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, obje
     try:
         for model, batching in configs:
             name = f"{model} batch={'on' if batching else 'off'}"
-            pools[(model, batching)] = Pool(name, models[model], args.workers, 1, batching,
-                                            args.max_batch)
+            pools[(model, batching)] = Pool(
+                name, models[model], args.workers, 1, batching, args.max_batch
+            )
         for pool in pools.values():
             pool.wait_ready()
         results: dict[tuple[str, int], list[LevelResult]] = collections.defaultdict(list)
         for repeat in range(args.repeats):
             for level_index, concurrency in enumerate(args.levels):
                 seqs = level_inputs(all_ids, concurrency, args.scale, level_index)
-                order = configs[repeat % len(configs):] + configs[: repeat % len(configs)]
+                order = configs[repeat % len(configs) :] + configs[: repeat % len(configs)]
                 for key in order:
                     result = pools[key].run_closed_loop(seqs, concurrency)
                     results[(pools[key].name, concurrency)].append(result)
-                    print(f"  [{repeat + 1}/{args.repeats}] {result.config:28s} c={concurrency:<3d}"
-                          f" {result.audio_s_per_s:6.2f} audio-s/s p95 {result.p95_ms:7.0f} ms"
-                          f" batches {result.batch_sizes}", flush=True)
+                    print(
+                        f"  [{repeat + 1}/{args.repeats}] {result.config:28s} c={concurrency:<3d}"
+                        f" {result.audio_s_per_s:6.2f} audio-s/s p95 {result.p95_ms:7.0f} ms"
+                        f" batches {result.batch_sizes}",
+                        flush=True,
+                    )
     finally:
         for pool in pools.values():
             pool.close()
     table = []
     for (config, concurrency), runs in results.items():
-        table.append({
-            "config": config, "concurrency": concurrency, "repeats": len(runs),
-            "audio_s_per_s": statistics.median(r.audio_s_per_s for r in runs),
-            "items_per_s": statistics.median(r.items_per_s for r in runs),
-            "p50_ms": statistics.median(r.p50_ms for r in runs),
-            "p95_ms": statistics.median(r.p95_ms for r in runs),
-            "audio_s_per_cpu_s": statistics.median(r.audio_s_per_cpu_s for r in runs),
-            "runs_audio_s_per_s": [round(r.audio_s_per_s, 2) for r in runs],
-        })
+        table.append(
+            {
+                "config": config,
+                "concurrency": concurrency,
+                "repeats": len(runs),
+                "audio_s_per_s": statistics.median(r.audio_s_per_s for r in runs),
+                "items_per_s": statistics.median(r.items_per_s for r in runs),
+                "p50_ms": statistics.median(r.p50_ms for r in runs),
+                "p95_ms": statistics.median(r.p95_ms for r in runs),
+                "audio_s_per_cpu_s": statistics.median(r.audio_s_per_cpu_s for r in runs),
+                "runs_audio_s_per_s": [round(r.audio_s_per_s, 2) for r in runs],
+            }
+        )
     return {"table": table, "models": list(models)}
 
 
 def print_decision(table: list[dict], baseline: str) -> None:
     base = {row["concurrency"]: row for row in table if row["config"] == baseline}
-    print(f"\n{'config':28s} {'conc':>4s} {'audio-s/s':>9s} {'x base':>7s} {'items/s':>8s}"
-          f" {'p50 ms':>7s} {'p95 ms':>7s} {'audio/cpu':>9s} {'x base':>7s}  runs (audio-s/s)")
+    print(
+        f"\n{'config':28s} {'conc':>4s} {'audio-s/s':>9s} {'x base':>7s} {'items/s':>8s}"
+        f" {'p50 ms':>7s} {'p95 ms':>7s} {'audio/cpu':>9s} {'x base':>7s}  runs (audio-s/s)"
+    )
     for row in sorted(table, key=lambda r: (r["concurrency"], r["config"])):
         ref = base[row["concurrency"]]
-        print(f"{row['config']:28s} {row['concurrency']:4d} {row['audio_s_per_s']:9.2f}"
-              f" {row['audio_s_per_s'] / ref['audio_s_per_s']:7.2f} {row['items_per_s']:8.2f}"
-              f" {row['p50_ms']:7.0f} {row['p95_ms']:7.0f} {row['audio_s_per_cpu_s']:9.2f}"
-              f" {row['audio_s_per_cpu_s'] / ref['audio_s_per_cpu_s']:7.2f}"
-              f"  {row['runs_audio_s_per_s']}")
+        print(
+            f"{row['config']:28s} {row['concurrency']:4d} {row['audio_s_per_s']:9.2f}"
+            f" {row['audio_s_per_s'] / ref['audio_s_per_s']:7.2f} {row['items_per_s']:8.2f}"
+            f" {row['p50_ms']:7.0f} {row['p95_ms']:7.0f} {row['audio_s_per_cpu_s']:9.2f}"
+            f" {row['audio_s_per_cpu_s'] / ref['audio_s_per_cpu_s']:7.2f}"
+            f"  {row['runs_audio_s_per_s']}"
+        )
 
 
 # ---- raw ratios: 2 processes x 1 thread, 1 process x 2 threads ------------------------------
@@ -279,17 +308,21 @@ def raw_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
         for variant in variants:
             for procs, threads in shapes:
                 pools[(variant, procs, threads)] = Pool(
-                    f"{variant} {procs}p x {threads}t", files[variant], procs, threads, False, 1)
+                    f"{variant} {procs}p x {threads}t", files[variant], procs, threads, False, 1
+                )
         for pool in pools.values():
             pool.wait_ready()
         keys = list(pools)
         for repeat in range(args.repeats):
-            for key in keys[repeat % len(keys):] + keys[: repeat % len(keys)]:
+            for key in keys[repeat % len(keys) :] + keys[: repeat % len(keys)]:
                 result = pools[key].run_closed_loop(seqs, 64)
                 results[key].append(result)
-                print(f"  [{repeat + 1}/{args.repeats}] {pools[key].name:32s}"
-                      f" {result.audio_s_per_s:6.2f} audio-s/s"
-                      f" {result.audio_s_per_cpu_s:6.2f} audio-s/cpu-s", flush=True)
+                print(
+                    f"  [{repeat + 1}/{args.repeats}] {pools[key].name:32s}"
+                    f" {result.audio_s_per_s:6.2f} audio-s/s"
+                    f" {result.audio_s_per_cpu_s:6.2f} audio-s/cpu-s",
+                    flush=True,
+                )
     finally:
         for pool in pools.values():
             pool.close()
@@ -300,19 +333,29 @@ def raw_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
         base = results[(FP32, procs, threads)]
         base_wall = statistics.median(r.audio_s_per_s for r in base)
         base_cpu = statistics.median(r.audio_s_per_cpu_s for r in base)
-        rows.append({"variant": variant, "processes": procs, "threads": threads,
-                     "audio_s_per_s": statistics.median(wall),
-                     "ratio_to_fp32": statistics.median(wall) / base_wall,
-                     "audio_s_per_cpu_s": statistics.median(cpu),
-                     "cpu_ratio_to_fp32": statistics.median(cpu) / base_cpu,
-                     "runs": wall})
-    print(f"\n{'variant':22s} {'shape':>7s} {'audio-s/s':>9s} {'/FP32':>6s}"
-          f" {'audio/cpu-s':>11s} {'/FP32':>6s}  runs (audio-s/s)")
+        rows.append(
+            {
+                "variant": variant,
+                "processes": procs,
+                "threads": threads,
+                "audio_s_per_s": statistics.median(wall),
+                "ratio_to_fp32": statistics.median(wall) / base_wall,
+                "audio_s_per_cpu_s": statistics.median(cpu),
+                "cpu_ratio_to_fp32": statistics.median(cpu) / base_cpu,
+                "runs": wall,
+            }
+        )
+    print(
+        f"\n{'variant':22s} {'shape':>7s} {'audio-s/s':>9s} {'/FP32':>6s}"
+        f" {'audio/cpu-s':>11s} {'/FP32':>6s}  runs (audio-s/s)"
+    )
     for row in rows:
-        print(f"{row['variant']:22s} {row['processes']}p x {row['threads']}t"
-              f" {row['audio_s_per_s']:9.2f} {row['ratio_to_fp32']:6.2f}"
-              f" {row['audio_s_per_cpu_s']:11.2f} {row['cpu_ratio_to_fp32']:6.2f}"
-              f"  {[round(r, 2) for r in row['runs']]}")
+        print(
+            f"{row['variant']:22s} {row['processes']}p x {row['threads']}t"
+            f" {row['audio_s_per_s']:9.2f} {row['ratio_to_fp32']:6.2f}"
+            f" {row['audio_s_per_cpu_s']:11.2f} {row['cpu_ratio_to_fp32']:6.2f}"
+            f"  {[round(r, 2) for r in row['runs']]}"
+        )
     return rows
 
 
@@ -337,8 +380,8 @@ def grid_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
                 singles, batched, singles_cpu, batched_cpu = [], [], [], []
                 audio_s = 0.0
                 for repeat in range(args.repeats):
-                    chunk = pool[(repeat * size) % (len(pool) - size + 1):][:size]
-                    for mode in (("single", "batch") if repeat % 2 == 0 else ("batch", "single")):
+                    chunk = pool[(repeat * size) % (len(pool) - size + 1) :][:size]
+                    for mode in ("single", "batch") if repeat % 2 == 0 else ("batch", "single"):
                         started, cpu = time.perf_counter(), time.process_time()
                         if mode == "single":
                             outs = [a for s in chunk for a in engine.infer_batch([s], OPTIONS)]
@@ -352,20 +395,25 @@ def grid_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
                 single_s, batch_s = statistics.median(singles), statistics.median(batched)
                 lengths = [len(s) for s in pool]
                 row = {
-                    "threads": threads, "bucket": BUCKET_NAMES[bucket],
-                    "ids": f"{min(lengths)}-{max(lengths)}", "batch": size,
-                    "single_items_per_s": size / single_s, "batch_items_per_s": size / batch_s,
+                    "threads": threads,
+                    "bucket": BUCKET_NAMES[bucket],
+                    "ids": f"{min(lengths)}-{max(lengths)}",
+                    "batch": size,
+                    "single_items_per_s": size / single_s,
+                    "batch_items_per_s": size / batch_s,
                     "batch_audio_s_per_s": audio_s / args.repeats / batch_s,
                     "single_audio_s_per_s": audio_s / args.repeats / single_s,
                     "speedup": single_s / batch_s,
                     "cpu_speedup": statistics.median(singles_cpu) / statistics.median(batched_cpu),
                 }
                 rows.append(row)
-                print(f"  {threads}t {row['bucket']:7s} ids {row['ids']:>8s} batch {size}:"
-                      f" single {row['single_audio_s_per_s']:6.2f} audio-s/s,"
-                      f" batched {row['batch_audio_s_per_s']:6.2f} audio-s/s,"
-                      f" batched/single {row['speedup']:.2f} (CPU time {row['cpu_speedup']:.2f})",
-                      flush=True)
+                print(
+                    f"  {threads}t {row['bucket']:7s} ids {row['ids']:>8s} batch {size}:"
+                    f" single {row['single_audio_s_per_s']:6.2f} audio-s/s,"
+                    f" batched {row['batch_audio_s_per_s']:6.2f} audio-s/s,"
+                    f" batched/single {row['speedup']:.2f} (CPU time {row['cpu_speedup']:.2f})",
+                    flush=True,
+                )
     return rows
 
 
@@ -378,7 +426,8 @@ def profile_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, dict[
 
     all_ids = phoneme_ids(source, eval_sentences(12))
     scales = Voice.load(source, ThreadPlan()).scales(
-        SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0))
+        SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0)
+    )
     out = {}
     for variant in [FP32, *args.variants]:
         files = ensure_variant(source, variant, args.data_dir)
@@ -389,19 +438,24 @@ def profile_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, dict[
         options.enable_profiling = True
         options.profile_file_prefix = str(prefix)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(files.model_path, options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            files.model_path, options, providers=["CPUExecutionProvider"]
+        )
         for ids in all_ids:
-            session.run(None, {"input": np.array([ids]), "input_lengths": np.array([len(ids)]),
-                               "scales": scales})
+            session.run(
+                None,
+                {"input": np.array([ids]), "input_lengths": np.array([len(ids)]), "scales": scales},
+            )
         events = json.loads(Path(session.end_profiling()).read_text())
         by_op: collections.Counter[str] = collections.Counter()
         for event in events:
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                 by_op[event["args"]["op_name"]] += event["dur"] / 1000.0
         out[variant] = dict(by_op.most_common())
-    ops = sorted({op for d in out.values() for op in d}, key=lambda o: -out[FP32].get(o, 0.0)
-                 - max(d.get(o, 0.0) for d in out.values()))
+    ops = sorted(
+        {op for d in out.values() for op in d},
+        key=lambda o: -out[FP32].get(o, 0.0) - max(d.get(o, 0.0) for d in out.values()),
+    )
     print(f"\n{'op type (ms)':20s}" + "".join(f" {v[:18]:>18s}" for v in out))
     for op in ops[:16]:
         print(f"{op:20s}" + "".join(f" {out[v].get(op, 0.0):18.0f}" for v in out))
@@ -413,32 +467,53 @@ def profile_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, dict[
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stress.bench_models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stress.bench_models",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--int8", default=DEFAULT_INT8, help="INT8 variant of the table")
     parser.add_argument("--levels", default="1,8,64", help="concurrency levels")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="pool processes (default: CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="pool processes (default: CPU count)",
+    )
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="sentences per level = max(40, 3 x concurrency) x scale")
-    parser.add_argument("--wer-count", type=int, default=60,
-                        help="evaluation sentences for WER (0: skip)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="sentences per level = max(40, 3 x concurrency) x scale",
+    )
+    parser.add_argument(
+        "--wer-count", type=int, default=60, help="evaluation sentences for WER (0: skip)"
+    )
     parser.add_argument("--data-dir", default=None, help="quantized model cache")
     parser.add_argument("--json", help="write every number to this file")
-    parser.add_argument("--raw", action="store_true",
-                        help="only raw INT8/FP32 ratios (2p x 1t and 1p x 2t)")
-    parser.add_argument("--grid", action="store_true",
-                        help="only batch vs single per bucket, batch size and threads")
+    parser.add_argument(
+        "--raw", action="store_true", help="only raw INT8/FP32 ratios (2p x 1t and 1p x 2t)"
+    )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="only batch vs single per bucket, batch size and threads",
+    )
     parser.add_argument("--grid-model", default=FP32)
     parser.add_argument("--grid-sizes", default="2,4,8")
     parser.add_argument("--grid-threads", default="1,2")
-    parser.add_argument("--profile", nargs="*", metavar="VARIANT",
-                        help="only the op-type profile of FP32 and these variants")
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        metavar="VARIANT",
+        help="only the op-type profile of FP32 and these variants",
+    )
     parser.add_argument("--profile-dir", default="/tmp")
-    parser.add_argument("--variants", default=None,
-                        help="comma list of variants for --raw (default: --int8)")
+    parser.add_argument(
+        "--variants", default=None, help="comma list of variants for --raw (default: --int8)"
+    )
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.grid_sizes = [int(x) for x in args.grid_sizes.split(",")]
@@ -469,12 +544,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wer_count:
             from inference.wer import evaluate_variants, format_reports
 
-            reports = evaluate_variants(source, [args.int8], eval_sentences(args.wer_count),
-                                        args.data_dir)
+            reports = evaluate_variants(
+                source, [args.int8], eval_sentences(args.wer_count), args.data_dir
+            )
             print("\n" + format_reports(reports))
-            report["wer"] = {k: {"wer": r.wer, "mel_distance_db": r.mel_distance_db,
-                                 "length_ratio": r.length_ratio}
-                             for k, r in reports.items()}
+            report["wer"] = {
+                k: {
+                    "wer": r.wer,
+                    "mel_distance_db": r.mel_distance_db,
+                    "length_ratio": r.length_ratio,
+                }
+                for k, r in reports.items()
+            }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0

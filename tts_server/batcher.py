@@ -16,13 +16,15 @@ runs (two or more items) and of single runs (`run_batch([item])`), timed around
 `run_batch` or fed by the caller through `observe()`. Wall time around `run_batch` includes
 any queueing behind it (a busy pool), which inflates whichever side is dispatched more
 often; a caller that has the service time (the worker's own synthesis time) should pass
-`time_runs=False` and feed `observe()` with it. In mode "auto" it batches a group only while batching has been measured
-cheaper per item; otherwise items go alone at once, without waiting. Until both costs have
+`time_runs=False` and feed `observe()` with it. In mode "auto" it batches a group only
+while batching has been measured cheaper per item; otherwise items go alone at once,
+without waiting. Until both costs have
 `min_samples` measurements it alternates (a quiet group that never forms a batch stops
 trying after a few windows, since each costs max_wait_ms), and after that it still tries
 the losing side every `explore_every` dispatches (a batching exploration opens up to
 `EXPLORE_ATTEMPTS` windows until one holds two or more items), so a change in conditions
-(load, model) can switch it back. Unproven batching counts as slower. Mode "on" always batches, "off" never does.
+(load, model) can switch it back. Unproven batching counts as slower. Mode "on" always
+batches, "off" never does.
 
 It knows nothing about ONNX or the pool: only `run_batch`. Counters and histograms are plain
 attributes (`stats`), no metrics library.
@@ -81,11 +83,17 @@ class BatcherStats:
     def as_dict(self) -> dict[str, Any]:
         waits = sum(self.wait_ms_counts)
         return {
-            "submitted": self.submitted, "completed": self.completed, "failed": self.failed,
-            "cancelled": self.cancelled, "batches": self.batches, "singles": self.singles,
-            "explorations": self.explorations, "mismatches": self.mismatches,
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "batches": self.batches,
+            "singles": self.singles,
+            "explorations": self.explorations,
+            "mismatches": self.mismatches,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
-            "wait_ms_edges": list(WAIT_EDGES_MS), "wait_ms_counts": list(self.wait_ms_counts),
+            "wait_ms_edges": list(WAIT_EDGES_MS),
+            "wait_ms_counts": list(self.wait_ms_counts),
             "wait_ms_mean": self.wait_ms_sum / waits if waits else 0.0,
             "wait_ms_max": self.wait_ms_max,
         }
@@ -214,8 +222,10 @@ class MicroBatcher(Generic[T, R]):
             return self._mode == "on"
         model = self.cost(group)
         model.dispatches += 1
-        learning_batch = (model.batch_samples < self.min_samples
-                          and model.windows < self.LEARNING_WINDOWS * self.min_samples)
+        learning_batch = (
+            model.batch_samples < self.min_samples
+            and model.windows < self.LEARNING_WINDOWS * self.min_samples
+        )
         learning_single = model.single_samples < self.min_samples
         if learning_batch and (not learning_single or model.windows <= model.single_samples):
             model.windows += 1
@@ -299,8 +309,10 @@ class MicroBatcher(Generic[T, R]):
             self.observe(group_key, size, self._clock() - started)
         if len(results) != size:
             self.stats.mismatches += 1
-            self._fail(items, BatchResultMismatch(
-                f"run_batch returned {len(results)} results for {size} items"))
+            self._fail(
+                items,
+                BatchResultMismatch(f"run_batch returned {len(results)} results for {size} items"),
+            )
             return
         for pending, result in zip(items, results, strict=True):
             if not pending.future.done():

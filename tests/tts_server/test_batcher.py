@@ -115,8 +115,7 @@ async def test_wrong_result_count_fails_every_item_clearly():
         return items[:-1]
 
     batcher = MicroBatcher(short, max_batch=3, max_wait_ms=50, mode="on")
-    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, BatchResultMismatch) for r in results)
     assert "returned 2 results for 3 items" in str(results[0])
     assert batcher.stats.mismatches == 1 and batcher.stats.failed == 3
@@ -133,10 +132,13 @@ async def test_an_exception_in_the_batch_reaches_every_caller():
 
 async def test_buckets_and_keys_never_share_a_batch():
     work = FakeWork()
-    batcher = MicroBatcher(work, max_batch=8, max_wait_ms=50, mode="on",
-                           bucket=lambda item: item // 100)
+    batcher = MicroBatcher(
+        work, max_batch=8, max_wait_ms=50, mode="on", bucket=lambda item: item // 100
+    )
     await asyncio.gather(
-        batcher.submit(1, key="a"), batcher.submit(2, key="a"), batcher.submit(150, key="a"),
+        batcher.submit(1, key="a"),
+        batcher.submit(2, key="a"),
+        batcher.submit(150, key="a"),
         batcher.submit(3, key="b"),
     )
     assert sorted(sorted(b) for b in work.batches) == [[1, 2], [3], [150]]
@@ -184,8 +186,9 @@ async def test_auto_mode_switches_to_single_when_batching_is_slower_and_back():
         await asyncio.sleep(0)
         return items
 
-    batcher = MicroBatcher(work, max_batch=4, max_wait_ms=2, mode="auto", min_samples=3,
-                           explore_every=4, clock=clock)
+    batcher = MicroBatcher(
+        work, max_batch=4, max_wait_ms=2, mode="auto", min_samples=3, explore_every=4, clock=clock
+    )
     group = (None, 0)
     await _rounds(batcher, 12)
     model = batcher.cost(group)
@@ -213,8 +216,9 @@ async def test_auto_mode_switches_to_single_when_batching_is_slower_and_back():
 
 async def test_observe_feeds_costs_from_outside_the_batcher():
     work = FakeWork()
-    batcher = MicroBatcher(work, max_batch=4, max_wait_ms=2, mode="auto", min_samples=1,
-                           time_runs=False)
+    batcher = MicroBatcher(
+        work, max_batch=4, max_wait_ms=2, mode="auto", min_samples=1, time_runs=False
+    )
     batcher.observe((None, 0), 4, 0.4)  # 0.1 s per item batched
     batcher.observe((None, 0), 1, 0.05)  # 0.05 s single: cheaper
     await asyncio.gather(*(batcher.submit(i) for i in range(4)))
@@ -248,13 +252,14 @@ async def test_close_sends_open_groups_and_refuses_new_items():
 
 async def test_a_quiet_group_stops_opening_windows_it_cannot_fill():
     work = FakeWork()
-    batcher = MicroBatcher(work, max_batch=4, max_wait_ms=30, mode="auto", min_samples=2,
-                           explore_every=10_000)
+    batcher = MicroBatcher(
+        work, max_batch=4, max_wait_ms=30, mode="auto", min_samples=2, explore_every=10_000
+    )
     for i in range(20):  # one at a time: a window never holds two items
         await batcher.submit(i)
     model = batcher.cost((None, 0))
     assert model.batch_samples == 0
     assert model.windows == MicroBatcher.LEARNING_WINDOWS * 2
-    waited = sum(batcher.stats.wait_ms_counts[WAIT_EDGES_MS.index(20.0) + 1:])
+    waited = sum(batcher.stats.wait_ms_counts[WAIT_EDGES_MS.index(20.0) + 1 :])
     assert waited == model.windows  # only the learning windows waited out max_wait_ms
     assert batcher.stats.singles == 20
