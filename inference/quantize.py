@@ -235,7 +235,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 # The recommended INT8 recipe (docs/int8_and_batching.md has the measurements).
-DEFAULT_INT8 = "qdq-dec-act-pc-u8"
+DEFAULT_INT8 = "qdq-dec-act-flow-enc-pc-u8"
 
 
 class QuantizeError(RuntimeError):

@@ -250,7 +250,7 @@ def decision_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, obje
                     result = pools[key].run_closed_loop(seqs, concurrency)
                     results[(pools[key].name, concurrency)].append(result)
                     print(
-                        f"  [{repeat + 1}/{args.repeats}] {result.config:28s} c={concurrency:<3d}"
+                        f"  [{repeat + 1}/{args.repeats}] {result.config:38s} c={concurrency:<3d}"
                         f" {result.audio_s_per_s:6.2f} audio-s/s p95 {result.p95_ms:7.0f} ms"
                         f" batches {result.batch_sizes}",
                         flush=True,
@@ -279,13 +279,13 @@ def decision_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, obje
 def print_decision(table: list[dict], baseline: str) -> None:
     base = {row["concurrency"]: row for row in table if row["config"] == baseline}
     print(
-        f"\n{'config':28s} {'conc':>4s} {'audio-s/s':>9s} {'x base':>7s} {'items/s':>8s}"
+        f"\n{'config':38s} {'conc':>4s} {'audio-s/s':>9s} {'x base':>7s} {'items/s':>8s}"
         f" {'p50 ms':>7s} {'p95 ms':>7s} {'audio/cpu':>9s} {'x base':>7s}  runs (audio-s/s)"
     )
     for row in sorted(table, key=lambda r: (r["concurrency"], r["config"])):
         ref = base[row["concurrency"]]
         print(
-            f"{row['config']:28s} {row['concurrency']:4d} {row['audio_s_per_s']:9.2f}"
+            f"{row['config']:38s} {row['concurrency']:4d} {row['audio_s_per_s']:9.2f}"
             f" {row['audio_s_per_s'] / ref['audio_s_per_s']:7.2f} {row['items_per_s']:8.2f}"
             f" {row['p50_ms']:7.0f} {row['p95_ms']:7.0f} {row['audio_s_per_cpu_s']:9.2f}"
             f" {row['audio_s_per_cpu_s'] / ref['audio_s_per_cpu_s']:7.2f}"
