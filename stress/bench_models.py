@@ -3,6 +3,7 @@
     python -m stress.bench_models                       # the decision table (+ WER)
     python -m stress.bench_models --grid                # batch vs single per bucket/size/threads
     python -m stress.bench_models --raw                 # INT8/FP32 raw throughput ratios
+    python -m stress.bench_models --compare --variants all --repeats 3   # every recipe, 1 process
     python -m stress.bench_models --profile qdq-dec-act-pc-u8   # op-type time, FP32 vs variant
 
 Decision table: for each model in {FP32, INT8} and batching {off, on}, a simulated pool of
@@ -417,6 +418,63 @@ def grid_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
     return rows
 
 
+# ---- in-process A/B of many variants ---------------------------------------------------------
+
+
+def compare_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
+    """Every variant's session in one process, the same sentences, interleaved repeats."""
+    from inference.voice import make_session
+
+    names = [FP32, *[v for v in args.variants if v != FP32]]
+    sessions = {
+        n: make_session(
+            ensure_variant(source, n, args.data_dir).model_path,
+            args.threads,
+            ThreadPlan(intra_op_threads=args.threads),
+        )
+        for n in names
+    }
+    all_ids = phoneme_ids(source, eval_sentences(12))
+    scales = Voice.load(source, ThreadPlan()).scales(OPTIONS)
+
+    def run(session) -> tuple[float, float]:
+        wall, cpu, samples = time.perf_counter(), time.process_time(), 0
+        for ids in all_ids:
+            feed = {
+                "input": np.array([ids]),
+                "input_lengths": np.array([len(ids)]),
+                "scales": scales,
+            }
+            samples += session.run(None, feed)[0].size
+        audio = samples / SAMPLE_RATE
+        return audio / (time.perf_counter() - wall), audio / (time.process_time() - cpu)
+
+    for session in sessions.values():
+        run(session)  # warm-up
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            results[name].append(run(sessions[name]))
+    base_wall = statistics.median(r[0] for r in results[FP32])
+    base_cpu = statistics.median(r[1] for r in results[FP32])
+    rows = []
+    print(f"\n{'variant':28s} {'audio-s/s':>9s} {'/FP32':>6s} {'audio/cpu-s':>11s} {'/FP32':>6s}")
+    for name in names:
+        wall = statistics.median(r[0] for r in results[name])
+        cpu = statistics.median(r[1] for r in results[name])
+        rows.append(
+            {
+                "variant": name,
+                "audio_s_per_s": wall,
+                "ratio": wall / base_wall,
+                "audio_s_per_cpu_s": cpu,
+                "cpu_ratio": cpu / base_cpu,
+            }
+        )
+        print(f"{name:28s} {wall:9.2f} {wall / base_wall:6.2f} {cpu:11.2f} {cpu / base_cpu:6.2f}")
+    return rows
+
+
 # ---- profile ----------------------------------------------------------------------------------
 
 
@@ -512,8 +570,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-dir", default="/tmp")
     parser.add_argument(
-        "--variants", default=None, help="comma list of variants for --raw (default: --int8)"
+        "--variants",
+        default=None,
+        help="comma list of variants for --raw and --compare (default: --int8)",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="only an in-process A/B of FP32 and --variants ('all': every recipe), 1 session each",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for --compare")
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.grid_sizes = [int(x) for x in args.grid_sizes.split(",")]
@@ -535,6 +601,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["profile"] = profile_run(args, source)
     elif args.grid:
         report["grid"] = grid_run(args, source)
+    elif args.compare:
+        if args.variants == ["all"]:
+            args.variants = list(quantize.VARIANTS)
+        report["compare"] = compare_run(args, source)
     elif args.raw:
         report["raw"] = raw_run(args, source)
     else:
