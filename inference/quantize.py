@@ -404,6 +404,29 @@ def build_model(files: VoiceFiles, variant: Variant, out_path: Path, workdir: Pa
     )
 
 
+class _DropOnnxruntimeRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """onnxruntime's quantizer logs hundreds of warnings (shape inference, tensors it skips)
+    to the root logger during a build; keep them out of the server's log."""
+    drop = _DropOnnxruntimeRecords()
+    root = logging.getLogger()
+    shape_logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = shape_logger.level
+    root.addFilter(drop)
+    shape_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        root.removeFilter(drop)
+        shape_logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -448,7 +471,8 @@ def ensure_variant(
         LOG.info("building %s of %s", variant, source_files.model_path)
         with tempfile.TemporaryDirectory(dir=model.parent, prefix=".build-") as work:
             tmp_model = Path(work) / "model.onnx"
-            build_model(source_files, spec, tmp_model, Path(work))
+            with _quiet_onnxruntime():
+                build_model(source_files, spec, tmp_model, Path(work))
             tmp_config = Path(work) / "model.onnx.json"
             shutil.copyfile(source_files.config_path, tmp_config)
             os.replace(tmp_model, model)
