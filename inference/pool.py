@@ -4,6 +4,11 @@ Everything here runs on the front's event loop and never blocks it: worker socke
 asyncio streams, process joins run in the default executor. Units wait in one FIFO and go
 to an idle worker (one unit per worker at a time, so the least-loaded worker is always an
 idle one and a dead worker loses at most one unit).
+
+A batch (`submit_batch`: several sentence units of one voice and setting, for workers
+spawned with batching on) is one work item like a unit: one place in its priority lane, one
+worker, retried whole when that worker dies, bounded by the same deadline, never started
+when its future was cancelled, and its characters count in the wait estimate.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from . import protocol
 from .worker import run_worker
@@ -94,44 +100,78 @@ class UnitResult:
     synthesis_ms: float
     worker_index: int
     attempts: int
+    # Ran on the worker's multi-threaded solo session.
+    solo: bool = False
+    # Items of the batch this unit was synthesized in (1: alone); synthesis_ms is then its
+    # share of the batch's time, by samples.
+    batch_size: int = 1
+
+
+Work = protocol.SynthesizeUnit | protocol.SynthesizeBatch
 
 
 @dataclass(eq=False)
 class _Unit:
-    message: protocol.SynthesizeUnit
-    request_key: int
-    future: asyncio.Future[UnitResult]
+    """One queued work item: a sentence unit, or a batch of them under one future."""
+
+    message: Work
+    request_keys: tuple[int, ...]
+    # A UnitResult, or for a batch a list of them (text order).
+    future: asyncio.Future[Any]
     # 0 runs first (vip), then 1 (standard), then 2 (background jobs).
     priority: int = 1
     enqueued_at: float = field(default_factory=time.monotonic)
     dispatched_at: float = 0.0
     attempts: int = 0
     finished: bool = False
+    solo: bool = False
+
+    @property
+    def work_id(self) -> int:
+        message = self.message
+        return message.unit_id if isinstance(message, protocol.SynthesizeUnit) else message.batch_id
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        message = self.message
+        return (message.text,) if isinstance(message, protocol.SynthesizeUnit) else message.texts
+
+    @property
+    def size(self) -> int:
+        return len(self.texts)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(text) for text in self.texts)
 
 
 class UnitQueue:
-    """One FIFO per priority, lowest number first; counts queued characters for estimates."""
+    """One FIFO of work items per priority, lowest number first; counts queued sentence
+    units (a batch counts its items) and characters for estimates."""
 
     def __init__(self) -> None:
         self._lanes: dict[int, collections.deque[_Unit]] = collections.defaultdict(
             collections.deque
         )
         self._chars: collections.Counter[int] = collections.Counter()
+        self._units: collections.Counter[int] = collections.Counter()
 
     def __len__(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return sum(self._units.values())
 
     def push(self, unit: _Unit, front: bool = False) -> None:
         lane = self._lanes[unit.priority]
         lane.appendleft(unit) if front else lane.append(unit)
-        self._chars[unit.priority] += len(unit.message.text)
+        self._chars[unit.priority] += unit.chars
+        self._units[unit.priority] += unit.size
 
     def pop(self) -> _Unit | None:
         for priority in sorted(self._lanes):
             lane = self._lanes[priority]
             if lane:
                 unit = lane.popleft()
-                self._chars[unit.priority] -= len(unit.message.text)
+                self._chars[unit.priority] -= unit.chars
+                self._units[unit.priority] -= unit.size
                 return unit
         return None
 
@@ -140,7 +180,7 @@ class UnitQueue:
         return sum(c for p, c in self._chars.items() if p <= priority)
 
     def depth_by_priority(self) -> dict[int, int]:
-        return {p: len(lane) for p, lane in sorted(self._lanes.items())}
+        return {p: self._units[p] for p in sorted(self._lanes)}
 
 
 class WorkerState(enum.Enum):
@@ -198,6 +238,7 @@ class InferencePool:
         self._background: set[asyncio.Task[None]] = set()
         self._ctx = multiprocessing.get_context("spawn")
         self.units_completed = 0
+        self.batches_completed = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -247,26 +288,57 @@ class InferencePool:
         return next(self._request_keys)
 
     def submit(
-        self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1
+        self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1,
+        *, admitted: bool = False,
     ) -> list[asyncio.Future[UnitResult]]:
-        """Queue every unit of one request, or none (PoolBusy, PoolClosed, PoolUnavailable)."""
+        """Queue every unit of one request, or none (PoolBusy, PoolClosed, PoolUnavailable).
+        admitted: the caller already passed check_admission for these units (the batching
+        front, which holds them a few ms first), so the queue bound is not applied twice."""
+        if admitted:
+            self._check_open()
+        else:
+            self.check_admission(len(units))
+        futures = [
+            self._enqueue(dataclasses.replace(m, unit_id=next(self._unit_ids)), (request_key,),
+                          priority)
+            for m in units
+        ]
+        self._dispatch()
+        return futures
+
+    def submit_batch(
+        self, request_keys: Sequence[int], batch: protocol.SynthesizeBatch, priority: int = 1
+    ) -> asyncio.Future[list[UnitResult]]:
+        """Queue one batch as one work item; its future gets one UnitResult per text. The
+        units were admitted (check_admission) when the caller accepted them, so the queue
+        bound is not applied again; PoolClosed or PoolUnavailable still refuse it."""
+        self._check_open()
+        message = dataclasses.replace(batch, batch_id=next(self._unit_ids))
+        future = self._enqueue(message, tuple(dict.fromkeys(request_keys)), priority)
+        self._dispatch()
+        return future
+
+    def check_admission(self, units: int) -> None:
+        """Raise what submit() would for `units` more units (PoolClosed, PoolUnavailable,
+        PoolBusy) without queueing anything."""
+        self._check_open()
+        if len(self._pending) + units > self.options.max_queued_units:
+            raise PoolBusy("the synthesis queue is full")
+
+    def _check_open(self) -> None:
         if self._closing:
             raise PoolClosed("server is shutting down")
         if not self.available:
             raise PoolUnavailable("no worker of this engine can start")
-        if len(self._pending) + len(units) > self.options.max_queued_units:
-            raise PoolBusy("the synthesis queue is full")
-        loop = asyncio.get_running_loop()
-        futures = []
-        for message in units:
-            unit_message = dataclasses.replace(message, unit_id=next(self._unit_ids))
-            unit = _Unit(unit_message, request_key, loop.create_future(), priority)
-            unit.future.add_done_callback(lambda f, u=unit: self._on_future_done(u))
-            self._active_requests[request_key] += 1
-            self._pending.push(unit)
-            futures.append(unit.future)
-        self._dispatch()
-        return futures
+
+    def _enqueue(self, message: Work, request_keys: tuple[int, ...], priority: int
+                 ) -> asyncio.Future[Any]:
+        unit = _Unit(message, request_keys, asyncio.get_running_loop().create_future(), priority)
+        unit.future.add_done_callback(lambda f, u=unit: self._on_future_done(u))
+        for key in request_keys:
+            self._active_requests[key] += 1
+        self._pending.push(unit)
+        return unit.future
 
     # ---- state for /readyz -----------------------------------------------------------------
 
@@ -280,7 +352,7 @@ class InferencePool:
         work queued ahead of it and half the work running, spread over the ready workers,
         then its own units over as many workers as it has units."""
         ready = max(1, sum(h.state is WorkerState.READY for h in self._handles))
-        running = sum(len(h.unit.message.text) for h in self._handles if h.unit is not None)
+        running = sum(h.unit.chars for h in self._handles if h.unit is not None)
         ahead = self._pending.chars_ahead(priority) + running / 2
         own = chars / max(1, min(ready, units))
         return (ahead / ready + own) * self.seconds_per_char
@@ -307,6 +379,7 @@ class InferencePool:
             "busy_workers": sum(h.unit is not None for h in self._handles),
             "restarts": sum(h.restarts for h in self._handles),
             "units_completed": self.units_completed,
+            "batches_completed": self.batches_completed,
             "workers": self.worker_states(),
         }
 
@@ -349,7 +422,11 @@ class InferencePool:
         unit.dispatched_at = time.monotonic()
         unit.attempts += 1
         handle.unit = unit
-        self._send(handle, dataclasses.replace(unit.message, solo=solo))
+        message = unit.message
+        if isinstance(message, protocol.SynthesizeUnit):  # a batch runs on its own session
+            unit.solo = solo
+            message = dataclasses.replace(message, solo=solo)
+        self._send(handle, message)
 
     def _send(self, handle: WorkerHandle, message: protocol.Message) -> None:
         if handle.writer is not None and not handle.writer.is_closing():
@@ -360,33 +437,73 @@ class InferencePool:
     def _on_future_done(self, unit: _Unit) -> None:
         if not unit.finished:
             unit.finished = True
-            self._active_requests[unit.request_key] -= 1
-            if self._active_requests[unit.request_key] <= 0:
-                del self._active_requests[unit.request_key]
+            for key in unit.request_keys:
+                self._active_requests[key] -= 1
+                if self._active_requests[key] <= 0:
+                    del self._active_requests[key]
 
     def _fail(self, unit: _Unit, error: Exception) -> None:
         if not unit.future.done():
             unit.future.set_exception(error)
 
-    def _complete(self, handle: WorkerHandle, done: protocol.UnitDone) -> None:
+    def _take(self, handle: WorkerHandle, work_id: int) -> _Unit | None:
+        """The worker's current work item if the reply is about it; the worker is then idle."""
         unit = handle.unit
-        if unit is None or unit.message.unit_id != done.unit_id:
-            LOG.warning("worker %d: reply for unknown unit %s", handle.index, done.unit_id)
-            return
+        if unit is None or unit.work_id != work_id:
+            LOG.warning("worker %d: reply for unknown unit %s", handle.index, work_id)
+            return None
         handle.unit = None
-        handle.units_done += 1
-        handle.cpu_s_current = done.process_cpu_s
-        self.units_completed += 1
-        if not unit.message.solo and unit.message.text:
-            self._learn_speed(done.synthesis_ms / 1000 / len(unit.message.text))
+        return unit
+
+    def _count_done(self, handle: WorkerHandle, unit: _Unit, process_cpu_s: float) -> None:
+        handle.units_done += unit.size
+        handle.cpu_s_current = process_cpu_s
+        self.units_completed += unit.size
+
+    def _complete(self, handle: WorkerHandle, done: protocol.UnitDone) -> None:
+        unit = self._take(handle, done.unit_id)
+        if unit is None:
+            return
+        self._count_done(handle, unit, done.process_cpu_s)
+        if not getattr(unit.message, "solo", False) and unit.chars:
+            self._learn_speed(done.synthesis_ms / 1000 / unit.chars)
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(handle.slab.buf[:nbytes])  # copy out before the slab is reused
         if not unit.future.done():
             queue_ms = (unit.dispatched_at - unit.enqueued_at) * 1000
-            result = UnitResult(
-                pcm, done.sample_rate, queue_ms, done.synthesis_ms, handle.index, unit.attempts
-            )
+            result = UnitResult(pcm, done.sample_rate, queue_ms, done.synthesis_ms,
+                                handle.index, unit.attempts, unit.solo)
             unit.future.set_result(result)
+
+    def _complete_batch(self, handle: WorkerHandle, done: protocol.BatchDone) -> None:
+        unit = self._take(handle, done.batch_id)
+        if unit is None:
+            return
+        self._count_done(handle, unit, done.process_cpu_s)
+        self.batches_completed += 1
+        if unit.chars:
+            self._learn_speed(done.synthesis_ms / 1000 / unit.chars)
+        if len(done.samples) != unit.size:
+            message = f"worker answered a batch of {unit.size} with {len(done.samples)} items"
+            self._fail(unit, PoolError(message))
+        elif not unit.future.done():
+            unit.future.set_result(self._split_batch(handle, unit, done))
+
+    def _split_batch(
+        self, handle: WorkerHandle, unit: _Unit, done: protocol.BatchDone
+    ) -> list[UnitResult]:
+        """Each text's samples out of the slab (one after another); time shared by samples."""
+        queue_ms = (unit.dispatched_at - unit.enqueued_at) * 1000
+        total = sum(done.samples)
+        results, offset = [], 0
+        for samples in done.samples:
+            end = offset + samples * protocol.SAMPLE_WIDTH_BYTES
+            share = samples / total if total else 1 / len(done.samples)
+            results.append(UnitResult(bytes(handle.slab.buf[offset:end]), done.sample_rate,
+                                      queue_ms, done.synthesis_ms * share, handle.index,
+                                      unit.attempts, batch_size=len(done.samples)))
+            offset = end
+        return results
 
     def _learn_speed(self, seconds_per_char: float) -> None:
         self.seconds_per_char += SPEED_EWMA_ALPHA * (seconds_per_char - self.seconds_per_char)
@@ -396,15 +513,15 @@ class InferencePool:
             self._fail(unit, error)
 
     def _reject(self, handle: WorkerHandle, failed: protocol.UnitFailed) -> None:
-        unit = handle.unit
-        if unit is None or unit.message.unit_id != failed.unit_id:
-            return
-        handle.unit = None
-        self._fail(unit, UnitRejected(failed.code, failed.message))
+        unit = self._take(handle, failed.unit_id)
+        if unit is not None:
+            self._fail(unit, UnitRejected(failed.code, failed.message))
 
     def _on_message(self, handle: WorkerHandle, message: protocol.Message) -> None:
         if isinstance(message, protocol.UnitDone):
             self._complete(handle, message)
+        elif isinstance(message, protocol.BatchDone):
+            self._complete_batch(handle, message)
         elif isinstance(message, protocol.UnitFailed):
             self._reject(handle, message)
         elif isinstance(message, protocol.Ready):
@@ -489,7 +606,7 @@ class InferencePool:
         if unit.finished:
             return
         if unit.attempts <= self.options.max_unit_retries:
-            LOG.warning("retrying unit %d lost with worker %d", unit.message.unit_id, worker_index)
+            LOG.warning("retrying unit %d lost with worker %d", unit.work_id, worker_index)
             self._pending.push(unit, front=True)
             self._dispatch()
         else:

@@ -5,6 +5,10 @@ maps (self-delimiting, so no extra framing), and one shared-memory slab the fron
 and owns. A worker runs one unit at a time and writes that unit's audio at offset 0 of its
 slab as little-endian int16 mono PCM; the reply carries only the sample count. The front
 copies the samples out before it sends the worker its next unit, so the slab needs no lock.
+
+A batch (`SynthesizeBatch`, only when the worker was spawned with `max_batch` > 1) is one
+unit of work too: several texts of one voice and one setting, synthesized together, their
+audio written to the slab one after another; `BatchDone` lists each text's sample count.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class WorkerSpec:
     solo_threads: int
     noise_scale: float | None
     noise_w_scale: float | None
+    # Sentences per padded session.run of the batch engine; 0 = batching off (piper voices
+    # then load no batch engine and the worker refuses SynthesizeBatch).
+    max_batch: int = 0
 
 
 class Message:
@@ -79,6 +86,19 @@ class SynthesizeUnit(Message):
     speaker_id: int | None = None
     # Run on the multi-threaded solo session: the pool has no other work.
     solo: bool = False
+
+
+@dataclass(frozen=True)
+class SynthesizeBatch(Message):
+    """Front -> worker: synthesize several texts of one voice and setting in padded batches,
+    write their audio to the slab one after another (text order) and answer BatchDone."""
+
+    kind: ClassVar[str] = "synthesize_batch"
+    batch_id: int
+    voice: str
+    texts: tuple[str, ...]
+    speed: float = 1.0
+    speaker_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +133,22 @@ class UnitDone(Message):
 
 
 @dataclass(frozen=True)
+class BatchDone(Message):
+    """Worker -> front: the batch's audio waits in the slab from offset 0, text after text;
+    text i has samples[i] int16 samples. synthesis_ms covers the whole batch."""
+
+    kind: ClassVar[str] = "batch_done"
+    batch_id: int
+    samples: tuple[int, ...]
+    sample_rate: int
+    synthesis_ms: float
+    process_cpu_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class UnitFailed(Message):
-    """Worker -> front: the unit cannot be synthesized; `code` is stable, message human."""
+    """Worker -> front: the unit (or batch: unit_id is then the batch_id) cannot be
+    synthesized; `code` is stable, message human."""
 
     kind: ClassVar[str] = "unit_failed"
     unit_id: int
@@ -136,7 +170,9 @@ FAIL_AUDIO_TOO_LONG = "audio_too_long"
 FAIL_ENGINE = "engine_error"
 
 _MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (SynthesizeUnit, Stop, Ready, UnitDone, UnitFailed, Fatal)
+    cls.kind: cls
+    for cls in (SynthesizeUnit, SynthesizeBatch, Stop, Ready, UnitDone, BatchDone, UnitFailed,
+                Fatal)
 }
 
 
@@ -152,8 +188,8 @@ def decode(body: Any) -> Message:
     cls = _MESSAGE_TYPES.get(body.pop("kind", None))
     if cls is None:
         raise ProtocolError("unknown message kind")
-    if "voices" in body:
-        body["voices"] = tuple(body["voices"])
+    # msgpack arrays come back as lists; every sequence field of a message is a tuple.
+    body = {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}
     return cls(**body)
 
 

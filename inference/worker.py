@@ -2,7 +2,9 @@
 
 Runs in a spawned process (never forked from the front's event loop). It reads msgpack
 messages from its socket, synthesizes one unit at a time and writes the audio into the
-shared-memory slab the front created for it.
+shared-memory slab the front created for it. With batching enabled in its spec
+(`max_batch` > 1) each Piper voice also gets a BatchEngine (a second session on the
+duration-patched model) that answers SynthesizeBatch.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import signal
 import socket
 import time
 from multiprocessing import shared_memory
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from . import protocol
 from .logconfig import configure_logging
 from .options import SynthesisOptions, ThreadPlan, VoiceError
+
+if TYPE_CHECKING:
+    from .batch_engine import BatchEngine
 
 LOG = logging.getLogger("tts.inference.worker")
 
@@ -43,11 +48,19 @@ def load_engine(files: protocol.VoiceFiles, plan: ThreadPlan) -> Engine:
     return Voice.load(files, plan)
 
 
+def load_batch_engine(files: protocol.VoiceFiles, plan: ThreadPlan) -> BatchEngine:
+    """The voice's model patched to output durations, in its own single-run session."""
+    from .batch_engine import BatchEngine
+
+    return BatchEngine.load(files, threads=plan.intra_op_threads, plan=plan)
+
+
 class Worker:
     def __init__(self, spec: protocol.WorkerSpec, sock: socket.socket) -> None:
         self.spec = spec
         self.sock = sock
         self.voices: dict[str, Engine] = {}
+        self.batch_engines: dict[str, BatchEngine] = {}
         self.slab = shared_memory.SharedMemory(name=spec.slab_name)
         self.reader = protocol.MessageReader()
 
@@ -62,6 +75,9 @@ class Worker:
             voice = load_engine(files, plan)
             voice.warm_up()
             self.voices[files.name] = voice
+            if self.spec.max_batch > 1 and files.engine == "piper":
+                # Loading measures the hop length with a real run: it is warm afterwards.
+                self.batch_engines[files.name] = load_batch_engine(files, plan)
 
     def send(self, message: protocol.Message) -> None:
         self.sock.sendall(message.encode())
@@ -76,18 +92,23 @@ class Worker:
                     return
                 if isinstance(message, protocol.SynthesizeUnit):
                     self.send(self.run_unit(message))
+                elif isinstance(message, protocol.SynthesizeBatch):
+                    self.send(self.run_batch(message))
+
+    def options(self, speed: float, speaker_id: int | None, solo: bool = False) -> SynthesisOptions:
+        return SynthesisOptions(
+            speed=speed,
+            speaker_id=speaker_id,
+            noise_scale=self.spec.noise_scale,
+            noise_w_scale=self.spec.noise_w_scale,
+            solo=solo,
+        )
 
     def run_unit(self, unit: protocol.SynthesizeUnit) -> protocol.Message:
         voice = self.voices.get(unit.voice)
         if voice is None:
             return protocol.UnitFailed(unit.unit_id, protocol.FAIL_BAD_INPUT, "unknown voice")
-        options = SynthesisOptions(
-            speed=unit.speed,
-            speaker_id=unit.speaker_id,
-            noise_scale=self.spec.noise_scale,
-            noise_w_scale=self.spec.noise_w_scale,
-            solo=unit.solo,
-        )
+        options = self.options(unit.speed, unit.speaker_id, unit.solo)
         started = time.perf_counter()
         try:
             audio = voice.synthesize_unit(unit.text, options)
@@ -108,6 +129,29 @@ class Worker:
             return protocol.UnitFailed(unit_id, protocol.FAIL_AUDIO_TOO_LONG, message)
         self.slab.buf[: len(payload)] = payload
         return protocol.UnitDone(unit_id, len(audio), sample_rate, elapsed_ms, time.process_time())
+
+    def run_batch(self, batch: protocol.SynthesizeBatch) -> protocol.Message:
+        engine = self.batch_engines.get(batch.voice)
+        if engine is None:
+            message = f"voice {batch.voice!r} has no batch engine in this worker"
+            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_BAD_INPUT, message)
+        options = self.options(batch.speed, batch.speaker_id)
+        started = time.perf_counter()
+        try:
+            audios = engine.synthesize_batch(batch.texts, options, self.spec.max_batch)
+        except VoiceError as exc:
+            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_BAD_INPUT, str(exc))
+        except Exception as exc:  # an engine fault must not kill the worker
+            LOG.exception("batch %s failed", batch.batch_id)
+            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_ENGINE, type(exc).__name__)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        audio = np.concatenate(audios) if audios else np.zeros(0, np.int16)
+        written = self.write_audio(batch.batch_id, audio, engine.sample_rate, elapsed_ms)
+        if not isinstance(written, protocol.UnitDone):
+            return written
+        samples = tuple(len(a) for a in audios)
+        return protocol.BatchDone(batch.batch_id, samples, engine.sample_rate, elapsed_ms,
+                                  written.process_cpu_s)
 
     def close(self) -> None:
         self.slab.close()

@@ -17,7 +17,7 @@ JOE = protocol.VoiceFiles(
 
 
 def spec_factory(
-    voices: tuple[protocol.VoiceFiles, ...] = (JOE,), solo_threads: int = 1
+    voices: tuple[protocol.VoiceFiles, ...] = (JOE,), solo_threads: int = 1, max_batch: int = 0
 ) -> Callable[[int, str], protocol.WorkerSpec]:
     def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
         return protocol.WorkerSpec(
@@ -31,6 +31,7 @@ def spec_factory(
             solo_threads=solo_threads,
             noise_scale=0.0,
             noise_w_scale=0.0,
+            max_batch=max_batch,
         )
 
     return make_spec
@@ -41,12 +42,14 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
     """Factory: a started pool of real worker processes; stopped (and unlinked) at teardown."""
     pools: list[InferencePool] = []
 
-    async def make(workers: int = 2, voices=(JOE,), solo_threads: int = 1, **options):
+    async def make(
+        workers: int = 2, voices=(JOE,), solo_threads: int = 1, max_batch: int = 0, **options
+    ):
         pool = InferencePool(
             PoolOptions(
                 workers=workers, restart_backoff_s=0.1, solo_enabled=solo_threads > 1, **options
             ),
-            spec_factory(voices, solo_threads),
+            spec_factory(voices, solo_threads, max_batch),
         )
         pools.append(pool)
         await pool.start()

@@ -14,6 +14,14 @@ def test_messages_round_trip_through_the_stream_reader():
     assert reader.feed(data[5:]) == [unit, ready]
 
 
+def test_batch_messages_round_trip_with_tuples():
+    reader = protocol.MessageReader()
+    batch = protocol.SynthesizeBatch(3, "joe", ("One.", "Two."), speed=1.2, speaker_id=None)
+    done = protocol.BatchDone(3, (100, 2048), 22050, 12.5, 1.0)
+    failed = protocol.UnitFailed(3, protocol.FAIL_ENGINE, "boom")
+    assert reader.feed(batch.encode() + done.encode() + failed.encode()) == [batch, done, failed]
+
+
 def test_version_mismatch_and_unknown_kinds_are_rejected():
     body = msgpack.packb({"kind": "ready", "version": 999, "pid": 1, "voices": []})
     with pytest.raises(protocol.ProtocolError, match="version"):
