@@ -14,9 +14,10 @@ from inference import protocol
 from inference.pool import InferencePool, PoolOptions
 
 from . import keys
+from .batching import BatchingPool
 from .breaker import BreakerPolicy, CircuitBreaker
 from .cache import AudioCache, MemoryLRU, RedisTier
-from .config import CacheSettings, ConfigError, Settings
+from .config import BatchingSettings, CacheSettings, ConfigError, Settings
 from .degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from .errors import TTSError
 from .gateway import Gateway
@@ -36,7 +37,8 @@ PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
 
 
 def _worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ...],
-                         solo_threads: int) -> Callable[[int, str], protocol.WorkerSpec]:
+                         solo_threads: int, max_batch: int = 0
+                         ) -> Callable[[int, str], protocol.WorkerSpec]:
     pool_settings = settings.pool
 
     def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
@@ -51,6 +53,7 @@ def _worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, .
             solo_threads=solo_threads,
             noise_scale=settings.synthesis.noise_scale,
             noise_w_scale=settings.synthesis.noise_w_scale,
+            max_batch=max_batch,
         )
 
     return make_spec
@@ -80,8 +83,20 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
             log_format=settings.server.log_format,
             initial_seconds_per_char=0.006 if engine == "piper" else 0.0002,
         )
-        pools[engine] = InferencePool(options, _worker_spec_factory(settings, files, solo_threads))
+        batching = settings.batching
+        max_batch = batching.max_batch if batching.enabled and engine == "piper" else 0
+        make_spec = _worker_spec_factory(settings, files, solo_threads, max_batch)
+        pools[engine] = InferencePool(options, make_spec)
     return pools
+
+
+def batching_front(pools: dict[str, InferencePool], settings: BatchingSettings
+                   ) -> dict[str, InferencePool | BatchingPool]:
+    """What the Synthesizer submits to: the Piper pool behind the micro-batcher when
+    batching is on or auto; with batching off, the pools themselves (no batcher at all)."""
+    if not settings.enabled or "piper" not in pools:
+        return dict(pools)
+    return {**pools, "piper": BatchingPool(pools["piper"], settings)}
 
 
 def build_breakers(settings: Settings, registry: VoiceRegistry) -> dict[str, CircuitBreaker]:
@@ -101,11 +116,13 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
         raise
     metrics = app.get(keys.METRICS)
-    app[keys.SYNTHESIZER] = Synthesizer(pools, registry, build_breakers(settings, registry),
+    front = batching_front(pools, settings.batching)
+    app[keys.SYNTHESIZER] = Synthesizer(front, registry, build_breakers(settings, registry),
                                         settings.server.request_timeout_s,
                                         settings.server.retry_after_s,
                                         on_unit=metrics.observe_unit if metrics else None)
     yield
+    await asyncio.gather(*(p.close() for p in front.values() if isinstance(p, BatchingPool)))
     await asyncio.gather(*(pool.stop() for pool in pools.values()))
 
 

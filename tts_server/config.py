@@ -126,6 +126,46 @@ class PoolSettings:
         return self.solo_threads or (os.cpu_count() or 1)
 
 
+BATCHING_MODES = ("off", "on", "auto")
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """The front's micro-batcher for Piper voices (tts_server/batching.py). Measured slower
+    than one sentence per run on CPU (docs/int8_and_batching.md), so off by default; off
+    bypasses it entirely (no batch engine in the workers, no window in the front)."""
+
+    # "off", "on" (always batch), "auto" (batch a group only while measured cheaper per item).
+    mode: str = "off"
+    # Sentence units per batch; a window closes when it holds this many.
+    max_batch: int = 8
+    # A window stays open this long after its first unit arrives.
+    max_wait_ms: float = 10.0
+    # Upper edges (characters) of the front's length buckets: units of one bucket batch
+    # together; the worker re-buckets by real phoneme ids.
+    bucket_chars: tuple[int, ...] = (24, 48, 80, 128)
+    # mode "auto": EWMA weight of a new cost, runs of each kind needed before deciding, and
+    # how often (dispatches) the losing side is tried again.
+    alpha: float = 0.2
+    min_samples: int = 3
+    explore_every: int = 20
+
+    def __post_init__(self) -> None:
+        _require(self.mode in BATCHING_MODES, f"batching.mode must be one of {BATCHING_MODES}")
+        _require(self.max_batch >= 2, "batching.max_batch must be >= 2")
+        _require(self.max_wait_ms >= 0, "batching.max_wait_ms must be >= 0")
+        edges = list(self.bucket_chars)
+        _require(edges == sorted(set(edges)) and all(e >= 1 for e in edges),
+                 "batching.bucket_chars must be increasing positive integers")
+        _require(0 < self.alpha <= 1, "batching.alpha must be within (0, 1]")
+        _require(self.min_samples >= 1, "batching.min_samples must be >= 1")
+        _require(self.explore_every >= 2, "batching.explore_every must be >= 2")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
 @dataclass(frozen=True)
 class SynthesisSettings:
     # Overrides of every voice's own inference scales; None keeps the voice's.
@@ -374,6 +414,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     text: TextSettings = field(default_factory=TextSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     voices: VoiceSettings = field(default_factory=VoiceSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)

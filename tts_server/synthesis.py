@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,7 @@ from inference.pool import (
     WorkerCrashed,
 )
 
+from .batching import BatchingPool
 from .breaker import CircuitBreaker
 from .errors import ServiceUnavailable, Unprocessable
 from .schema import SynthesisRequest
@@ -80,7 +81,9 @@ class SynthesisTrace:
 class Synthesizer:
     def __init__(
         self,
-        pools: dict[str, InferencePool],
+        # An engine's pool, or for Piper with batching on the batcher in front of it
+        # (tts_server/batching.py: the same submit/estimated_wait_s/new_request_key).
+        pools: Mapping[str, InferencePool | BatchingPool],
         registry: VoiceRegistry,
         breakers: dict[str, CircuitBreaker],
         request_timeout_s: float,

@@ -12,6 +12,7 @@ import pytest
 from inference import protocol
 from inference.pool import UnitRejected, WorkerCrashed
 from inference.quantize import ensure_variant
+from inference.wer import mel_distance_db
 from tests.inference.conftest import JOE
 from tests.inference.test_pool import LONG_TEXT, unit, wait_until
 from tts_server.config import VoiceSettings
@@ -22,9 +23,34 @@ TEXTS = (
     "Please keep your belongings with you at all times.",
     "Do you know when the ferry to Austin leaves?",
 )
-# int16 audio, noise fixed: batched and single runs differ only by float reduction order in
-# padded tensors (tests/inference/test_batch_engine.py: ~2e-4 of full scale, here <= 64/32767).
+# Similar lengths: these share a phoneme bucket in the worker, so they really run padded.
+SIMILAR = tuple(
+    f"Announcement number {n}: the train to the airport leaves soon." for n in range(11, 17)
+)
+# Batched vs alone, same text, noise fixed. Lengths are always equal (exact split).
+# FP32: they differ only by float reduction order: max |diff| <= 64 of 32767 (measured <= 8,
+# SNR > 80 dB). INT8 (QDQ): a float difference of 1e-5 (padding, kernel choice for a batch)
+# flips int8 roundings, so a batched item differs from its solo run at the level of the
+# quantization noise itself: mostly in the last ~80 ms of a shorter item (the decoder's
+# receptive field over the padding), for some items in their first frames too. Measured on
+# 126 sentences (the six below + 120 corpus ones) with voices.int8_recipe: SNR >= 21.0 dB
+# (median 35.6), log-mel distance <= 0.41 dB (median 0.05); INT8 vs FP32 itself is
+# SNR 10-16 dB, log-mel ~11 dB. Tolerance: SNR >= 18 dB and log-mel distance <= 1 dB.
 MAX_SAMPLE_DIFF = 64
+MIN_INT8_SNR_DB = 18.0
+MAX_INT8_MEL_DB = 1.0
+
+
+def assert_same_audio(batched: np.ndarray, alone: np.ndarray, int8: bool) -> None:
+    """int16 audio of one text, batched and alone, within the tolerance stated above."""
+    assert len(batched) == len(alone)
+    diff = batched.astype(np.float64) - alone
+    if not int8:
+        assert np.abs(diff).max() <= MAX_SAMPLE_DIFF
+        return
+    snr = 10 * np.log10(np.sum(alone.astype(np.float64) ** 2) / max(np.sum(diff**2), 1e-9))
+    assert snr >= MIN_INT8_SNR_DB
+    assert mel_distance_db(batched / 32767, alone / 32767, 22050) <= MAX_INT8_MEL_DB
 
 
 def batch(texts, **kwargs) -> protocol.SynthesizeBatch:
@@ -32,20 +58,20 @@ def batch(texts, **kwargs) -> protocol.SynthesizeBatch:
 
 
 def pcm(result) -> np.ndarray:
-    return np.frombuffer(result.pcm, "<i2").astype(np.int32)
+    return np.frombuffer(result.pcm, "<i2")
 
 
 async def test_a_batch_matches_the_same_texts_one_by_one(make_pool):
     pool = await make_pool(workers=2, max_batch=8)
-    batched = await pool.submit_batch([pool.new_request_key()], batch(TEXTS))
-    singles = await asyncio.gather(*pool.submit(pool.new_request_key(), [unit(t) for t in TEXTS]))
-    assert [r.batch_size for r in batched] == [4] * 4
+    texts = TEXTS + SIMILAR
+    batched = await pool.submit_batch([pool.new_request_key()], batch(texts))
+    singles = await asyncio.gather(*pool.submit(pool.new_request_key(), [unit(t) for t in texts]))
+    assert [r.batch_size for r in batched] == [len(texts)] * len(texts)
     for one, alone in zip(batched, singles, strict=True):
         assert one.sample_rate == alone.sample_rate == 22050
-        assert len(one.pcm) == len(alone.pcm)  # exact split at the item boundaries
-        assert np.abs(pcm(one) - pcm(alone)).max() <= MAX_SAMPLE_DIFF
+        assert_same_audio(pcm(one), pcm(alone), int8=False)
     snap = pool.snapshot()
-    assert (snap["batches_completed"], snap["units_completed"]) == (1, 8)
+    assert (snap["batches_completed"], snap["units_completed"]) == (1, 2 * len(texts))
     # The batch's synthesis time is shared by samples, so the items' times add up to it.
     assert sum(r.synthesis_ms for r in batched) > 0
 
@@ -55,11 +81,10 @@ async def test_the_default_int8_model_serves_batches(make_pool):
     int8 = ensure_variant(JOE, VoiceSettings().int8_recipe, None)
     voices = (protocol.VoiceFiles("joe", int8.model_path, int8.config_path),)
     pool = await make_pool(workers=1, voices=voices, max_batch=8)
-    batched = await pool.submit_batch([1], batch(TEXTS[2:]))
-    singles = await asyncio.gather(*pool.submit(2, [unit(t) for t in TEXTS[2:]]))
+    batched = await pool.submit_batch([1], batch(SIMILAR))
+    singles = await asyncio.gather(*pool.submit(2, [unit(t) for t in SIMILAR]))
     for one, alone in zip(batched, singles, strict=True):
-        assert len(one.pcm) == len(alone.pcm)
-        assert np.abs(pcm(one) - pcm(alone)).max() <= MAX_SAMPLE_DIFF
+        assert_same_audio(pcm(one), pcm(alone), int8=True)
 
 
 async def test_a_batch_lost_with_its_worker_is_retried_whole(make_pool):
