@@ -239,6 +239,7 @@ class InferencePool:
         self._ctx = multiprocessing.get_context("spawn")
         self.units_completed = 0
         self.batches_completed = 0
+        self.batched_units_completed = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -380,6 +381,7 @@ class InferencePool:
             "restarts": sum(h.restarts for h in self._handles),
             "units_completed": self.units_completed,
             "batches_completed": self.batches_completed,
+            "batched_units_completed": self.batched_units_completed,
             "workers": self.worker_states(),
         }
 
@@ -481,6 +483,7 @@ class InferencePool:
             return
         self._count_done(handle, unit, done.process_cpu_s)
         self.batches_completed += 1
+        self.batched_units_completed += unit.size
         if unit.chars:
             self._learn_speed(done.synthesis_ms / 1000 / unit.chars)
         if len(done.samples) != unit.size:
