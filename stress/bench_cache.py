@@ -4,18 +4,21 @@ The bare handler returns the very bytes the server returns for the cached text, 
 ratio is the cost of our request path (parsing, validation, key, lookup, headers) over
 aiohttp's own floor. Every server runs in its own process; the client is one process too.
 
-    .venv/bin/python -m stress.bench_cache [--seconds 8] [--connections 32]
+    .venv/bin/python -m stress.bench_cache [--rounds 5] [--seconds 3] [--connections 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +27,7 @@ from aiohttp import web
 
 from stress.throughput import BENCH_ENV, REPO, _free_port, _wait_http, stop
 
+TARGETS = ("bare aiohttp handler", "L1 hit (in-process)", "L2 hit (private Redis)")
 TEXT = "Attention please: the train to the airport leaves from platform four in ten minutes."
 
 
@@ -101,19 +105,8 @@ async def prime(url: str, expected: str) -> bytes:
     return body
 
 
-async def measure_tier(cache: dict[str, str], expected: str, args: argparse.Namespace):
-    port = _free_port()
-    server = start_server(port, cache)
-    try:
-        url = f"http://127.0.0.1:{port}/api/tts"
-        body = await prime(url, expected)
-        rate, client_cpu = await hammer(url, args.seconds, args.connections)
-    finally:
-        stop(server)
-    return body, rate, client_cpu
-
-
-async def measure_bare(body: bytes, args: argparse.Namespace) -> tuple[float, float]:
+@contextlib.contextmanager
+def bare_server(body: bytes) -> Iterator[str]:
     with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
         handle.write(body)
         handle.flush()
@@ -122,30 +115,61 @@ async def measure_bare(body: bytes, args: argparse.Namespace) -> tuple[float, fl
         bare = subprocess.Popen(cmd, cwd=REPO)
         try:
             _wait_http(f"http://127.0.0.1:{port}/readyz", bare)
-            return await hammer(f"http://127.0.0.1:{port}/api/tts", args.seconds, args.connections)
+            yield f"http://127.0.0.1:{port}/api/tts"
         finally:
             stop(bare)
 
 
+@contextlib.contextmanager
+def tts_server(cache: dict[str, str]) -> Iterator[str]:
+    port = _free_port()
+    server = start_server(port, cache)
+    try:
+        yield f"http://127.0.0.1:{port}/api/tts"
+    finally:
+        stop(server)
+
+
 async def run(args: argparse.Namespace) -> None:
-    body, l1_rate, l1_cpu = await measure_tier({"redis": '"off"'}, "hit-l1", args)
-    _, l2_rate, l2_cpu = await measure_tier({"l1_max_bytes": "0"}, "hit-l2", args)
-    bare_rate, bare_cpu = await measure_bare(body, args)
-    print(f"response body: {len(body)} bytes; {args.connections} connections, {args.seconds}s each")
-    print(f"{'path':<22} {'req/s':>8} {'/bare':>6} {'client CPU %':>13}")
-    for name, rate, cpu in (
-        ("bare aiohttp handler", bare_rate, bare_cpu),
-        ("L1 hit (in-process)", l1_rate, l1_cpu),
-        ("L2 hit (private Redis)", l2_rate, l2_cpu),
-    ):
-        print(f"{name:<22} {rate:8.0f} {rate / bare_rate:6.2f} {cpu:13.0f}")
+    """Every target stays up; rounds alternate between them so that a neighbour's load on
+    this shared machine hits all of them alike, and each round gives its own ratios."""
+    rates: dict[str, list[float]] = {name: [] for name in TARGETS}
+    cpus: dict[str, list[float]] = {name: [] for name in TARGETS}
+    with contextlib.ExitStack() as stack:
+        l1 = stack.enter_context(tts_server({"redis": '"off"'}))
+        l2 = stack.enter_context(tts_server({"l1_max_bytes": "0"}))
+        body = await prime(l1, "hit-l1")
+        await prime(l2, "hit-l2")
+        bare = stack.enter_context(bare_server(body))
+        urls = dict(zip(TARGETS, (bare, l1, l2), strict=True))
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                rate, cpu = await hammer(url, args.seconds, args.connections)
+                rates[name].append(rate)
+                cpus[name].append(cpu)
+    report(body, rates, cpus, args)
+
+
+def report(body: bytes, rates: dict[str, list[float]], cpus: dict[str, list[float]],
+           args: argparse.Namespace) -> None:
+    bare = rates[TARGETS[0]]
+    print(f"response body: {len(body)} bytes; {args.connections} connections; "
+          f"{args.rounds} rounds of {args.seconds}s per target, interleaved")
+    print(f"{'path':<24} {'req/s (median)':>15} {'/bare (median of rounds)':>25} "
+          f"{'client CPU %':>13}")
+    for name in TARGETS:
+        ratios = [r / b for r, b in zip(rates[name], bare, strict=True)]
+        print(f"{name:<24} {statistics.median(rates[name]):15.0f} "
+              f"{statistics.median(ratios):25.2f} {statistics.median(cpus[name]):13.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=8.0, help="load duration per target")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="load duration per target and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument(
         "--bare-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS

@@ -99,7 +99,8 @@ class AudioResponder:
 
     def _observe_encoding(self, seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.encoding_seconds.labels(self.req.audio_format).observe(seconds)
+            histogram = self.metrics.child(self.metrics.encoding_seconds, self.req.audio_format)
+            histogram.observe(seconds)
 
     async def whole(self) -> web.Response:
         pcm = b"".join([chunk async for chunk in self._pcm()])
