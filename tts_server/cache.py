@@ -144,9 +144,8 @@ class RedisTier:
         if not self.available:
             raise ConnectionError("redis in backoff")
         try:
-            result = await asyncio.wait_for(
-                self.client.execute_command(operation, *args), self.timeout_s
-            )
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                result = await self.client.execute_command(operation, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._record_failure(exc)
             raise ConnectionError(str(exc)) from exc
