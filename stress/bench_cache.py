@@ -4,18 +4,21 @@ The bare handler returns the very bytes the server returns for the cached text, 
 ratio is the cost of our request path (parsing, validation, key, lookup, headers) over
 aiohttp's own floor. Every server runs in its own process; the client is one process too.
 
-    .venv/bin/python -m stress.bench_cache [--seconds 8] [--connections 32]
+    .venv/bin/python -m stress.bench_cache [--rounds 5] [--seconds 3] [--connections 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +27,7 @@ from aiohttp import web
 
 from stress.throughput import BENCH_ENV, REPO, _free_port, _wait_http, stop
 
+TARGETS = ("bare aiohttp handler", "L1 hit (in-process)", "L2 hit (private Redis)")
 TEXT = "Attention please: the train to the airport leaves from platform four in ten minutes."
 
 
@@ -101,19 +105,8 @@ async def prime(url: str, expected: str) -> bytes:
     return body
 
 
-async def measure_tier(cache: dict[str, str], expected: str, args: argparse.Namespace):
-    port = _free_port()
-    server = start_server(port, cache)
-    try:
-        url = f"http://127.0.0.1:{port}/api/tts"
-        body = await prime(url, expected)
-        rate, client_cpu = await hammer(url, args.seconds, args.connections)
-    finally:
-        stop(server)
-    return body, rate, client_cpu
-
-
-async def measure_bare(body: bytes, args: argparse.Namespace) -> tuple[float, float]:
+@contextlib.contextmanager
+def bare_server(body: bytes) -> Iterator[tuple[str, int]]:
     with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
         handle.write(body)
         handle.flush()
@@ -122,30 +115,74 @@ async def measure_bare(body: bytes, args: argparse.Namespace) -> tuple[float, fl
         bare = subprocess.Popen(cmd, cwd=REPO)
         try:
             _wait_http(f"http://127.0.0.1:{port}/readyz", bare)
-            return await hammer(f"http://127.0.0.1:{port}/api/tts", args.seconds, args.connections)
+            yield f"http://127.0.0.1:{port}/api/tts", bare.pid
         finally:
             stop(bare)
 
 
+@contextlib.contextmanager
+def tts_server(cache: dict[str, str]) -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    server = start_server(port, cache)
+    try:
+        yield f"http://127.0.0.1:{port}/api/tts", server.pid
+    finally:
+        stop(server)
+
+
+async def measure(url: str, pid: int, args: argparse.Namespace) -> tuple[float, float, float]:
+    """requests/s, the client's CPU %, and the server process's CPU microseconds per request:
+    the last barely depends on what else runs on the machine, unlike requests/s."""
+    server = psutil.Process(pid)
+    before = sum(server.cpu_times()[:2])
+    started = time.monotonic()
+    rate, client_cpu = await hammer(url, args.seconds, args.connections)
+    elapsed = time.monotonic() - started
+    cpu_us = (sum(server.cpu_times()[:2]) - before) / max(1.0, rate * elapsed) * 1e6
+    return rate, client_cpu, cpu_us
+
+
 async def run(args: argparse.Namespace) -> None:
-    body, l1_rate, l1_cpu = await measure_tier({"redis": '"off"'}, "hit-l1", args)
-    _, l2_rate, l2_cpu = await measure_tier({"l1_max_bytes": "0"}, "hit-l2", args)
-    bare_rate, bare_cpu = await measure_bare(body, args)
-    print(f"response body: {len(body)} bytes; {args.connections} connections, {args.seconds}s each")
-    print(f"{'path':<22} {'req/s':>8} {'/bare':>6} {'client CPU %':>13}")
-    for name, rate, cpu in (
-        ("bare aiohttp handler", bare_rate, bare_cpu),
-        ("L1 hit (in-process)", l1_rate, l1_cpu),
-        ("L2 hit (private Redis)", l2_rate, l2_cpu),
-    ):
-        print(f"{name:<22} {rate:8.0f} {rate / bare_rate:6.2f} {cpu:13.0f}")
+    """Every target stays up; rounds alternate between them so that a neighbour's load on
+    this shared machine hits all of them alike, and each round gives its own ratios."""
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in TARGETS}
+    with contextlib.ExitStack() as stack:
+        l1 = stack.enter_context(tts_server({"redis": '"off"'}))
+        l2 = stack.enter_context(tts_server({"l1_max_bytes": "0"}))
+        body = await prime(l1[0], "hit-l1")
+        await prime(l2[0], "hit-l2")
+        bare = stack.enter_context(bare_server(body))
+        targets = dict(zip(TARGETS, (bare, l1, l2), strict=True))
+        for _ in range(args.rounds):
+            for name, (url, pid) in targets.items():
+                results[name].append(await measure(url, pid, args))
+    report(body, results, args)
+
+
+def report(body: bytes, results: dict[str, list[tuple[float, float, float]]],
+           args: argparse.Namespace) -> None:
+    bare = results[TARGETS[0]]
+    print(f"response body: {len(body)} bytes; {args.connections} connections; "
+          f"{args.rounds} rounds of {args.seconds}s per target, interleaved; medians")
+    print(f"{'path':<24} {'req/s':>7} {'/bare':>6} {'server CPU us/req':>18} "
+          f"{'bare/this CPU':>14} {'client CPU %':>13}")
+    for name in TARGETS:
+        rows = results[name]
+        rate_ratio = [r[0] / b[0] for r, b in zip(rows, bare, strict=True)]
+        cpu_ratio = [b[2] / r[2] for r, b in zip(rows, bare, strict=True)]
+        print(f"{name:<24} {statistics.median(r[0] for r in rows):7.0f} "
+              f"{statistics.median(rate_ratio):6.2f} {statistics.median(r[2] for r in rows):18.0f} "
+              f"{statistics.median(cpu_ratio):14.2f} {statistics.median(r[1] for r in rows):13.0f}")
+    print("server CPU: the front process only (an L2 hit also costs Redis CPU, not counted)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=8.0, help="load duration per target")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="load duration per target and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument(
         "--bare-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS

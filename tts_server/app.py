@@ -153,7 +153,8 @@ async def cache_context(app: web.Application) -> AsyncIterator[None]:
         l2 = None
         if url is not None:
             l2 = RedisTier.from_url(url, settings.ttl_s, settings.redis_timeout_ms / 1000,
-                                    settings.redis_backoff_max_s, settings.redis_tls_ca_file)
+                                    settings.redis_backoff_max_s, settings.redis_tls_ca_file,
+                                    settings.redis_timeouts_before_backoff)
         cache = AudioCache(MemoryLRU(settings.l1_max_bytes), l2, settings.max_entry_bytes)
     extra = {"noise_scale": app[keys.SETTINGS].synthesis.noise_scale,
              "noise_w_scale": app[keys.SETTINGS].synthesis.noise_w_scale}

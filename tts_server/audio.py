@@ -8,6 +8,7 @@ SAMPLE_WIDTH_BYTES = 2
 CHANNELS = 1
 # RIFF and data sizes for a stream whose length is not known yet (what ffmpeg and sox write).
 UNKNOWN_SIZE = 0xFFFFFFFF
+WAV_HEADER_BYTES = 44
 
 
 def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 LOG = logging.getLogger("tts.cache")
 VALUE_VERSION = 1
@@ -66,6 +67,7 @@ class TierStats:
     stores: int = 0
     evictions: int = 0
     errors: int = 0
+    timeouts: int = 0  # L2 calls slower than redis_timeout_ms (also counted in errors)
 
 
 class MemoryLRU:
@@ -107,25 +109,32 @@ class MemoryLRU:
 
 @dataclass
 class RedisTier:
-    """L2 through redis.asyncio; every call bounded by timeout_s, every failure a miss."""
+    """L2 through redis.asyncio; every call bounded by timeout_s, every failure a miss.
+
+    A refused or broken connection puts Redis in backoff at once. A timeout only does after
+    `timeouts_before_backoff` in a row: an event loop saturated by hits answers Redis late
+    too, and skipping L2 then would turn cheap hits into syntheses and saturate it more.
+    """
 
     client: aioredis.Redis
     ttl_s: int
     timeout_s: float
     backoff_max_s: float
+    timeouts_before_backoff: int = 3
     stats: TierStats = field(default_factory=TierStats)
     _skip_until: float = 0.0
     _backoff_s: float = 0.0
+    _timeouts_in_a_row: int = 0
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, timeout_s: float, backoff_max_s: float,
-                 tls_ca_file: str = "") -> RedisTier:
+                 tls_ca_file: str = "", timeouts_before_backoff: int = 3) -> RedisTier:
         options: dict[str, Any] = {"socket_timeout": timeout_s,
                                    "socket_connect_timeout": timeout_s}
         if tls_ca_file:
             options["ssl_ca_certs"] = tls_ca_file
         client = aioredis.Redis.from_url(url, **options)
-        return cls(client, ttl_s, timeout_s, backoff_max_s)
+        return cls(client, ttl_s, timeout_s, backoff_max_s, timeouts_before_backoff)
 
     @property
     def available(self) -> bool:
@@ -135,17 +144,23 @@ class RedisTier:
         if not self.available:
             raise ConnectionError("redis in backoff")
         try:
-            result = await asyncio.wait_for(
-                self.client.execute_command(operation, *args), self.timeout_s
-            )
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                result = await self.client.execute_command(operation, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._record_failure(exc)
             raise ConnectionError(str(exc)) from exc
         self._backoff_s = 0.0
+        self._timeouts_in_a_row = 0
         return result
 
     def _record_failure(self, exc: BaseException) -> None:
         self.stats.errors += 1
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            self.stats.timeouts += 1
+            self._timeouts_in_a_row += 1
+            if self._timeouts_in_a_row < self.timeouts_before_backoff:
+                return
+        self._timeouts_in_a_row = 0
         self._backoff_s = min(max(self._backoff_s * 2, MIN_BACKOFF_S), self.backoff_max_s)
         self._skip_until = time.monotonic() + self._backoff_s
         LOG.warning("redis unavailable (%s: %s); retrying in %.2fs",

@@ -248,6 +248,8 @@ class CacheSettings:
     redis_tls_ca_file: str = ""
     redis_timeout_ms: int = 50
     redis_backoff_max_s: float = 30.0
+    # Timeouts in a row before Redis is skipped (a refused connection is skipped at once).
+    redis_timeouts_before_backoff: int = 3
     l1_max_bytes: int = 256 * 1024 * 1024
     max_entry_bytes: int = 16 * 1024 * 1024
     ttl_s: int = 7 * 24 * 3600
@@ -261,6 +263,10 @@ class CacheSettings:
     # Announcements synthesized and stored at start (the "fixed broadcast copy" case).
     warmup_texts: tuple[str, ...] = ()
     warmup_voice: str = ""
+    # Recently parsed identical request bodies (up to parsed_body_max_bytes each): a repeated
+    # request skips JSON parsing and text normalization. 0 disables.
+    parsed_bodies: int = 4096
+    parsed_body_max_bytes: int = 2048
 
     def __post_init__(self) -> None:
         _require(self.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be >= 1")
@@ -268,6 +274,9 @@ class CacheSettings:
         _require(self.ttl_s >= 1, "cache.ttl_s must be >= 1")
         _require(self.cross_instance_wait_ms >= 0, "cache.cross_instance_wait_ms must be >= 0")
         _require(bool(self.namespace), "cache.namespace must not be empty")
+        _require(self.parsed_bodies >= 0, "cache.parsed_bodies must be >= 0")
+        _require(self.redis_timeouts_before_backoff >= 1,
+                 "cache.redis_timeouts_before_backoff must be >= 1")
 
     @property
     def redis_mode(self) -> str:

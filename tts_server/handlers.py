@@ -5,28 +5,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import keys
+from .config import Settings
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .gateway import IDENTITY
+from .memo import ParsedBodies
 from .observe import REQUEST_INFO, RequestInfo
 from .openai_api import list_models, list_voices, parse_speech_request
 from .responses import AudioResponder
 from .schema import AUDIO_FORMATS, SynthesisRequest, parse_tts_request
 from .speech import Speech
 from .synthesis import Admission
+from .voices import VoiceRegistry
 
 LOG = logging.getLogger("tts.server")
 JSON_TYPES = frozenset({"application/json"})
+T = TypeVar("T")
 
 
-async def read_json(request: web.Request) -> Any:
-    """Body -> JSON value, with 415/413/400 for the wrong type, size or syntax."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw JSON body, with 415/413 for the wrong type or size."""
     if request.content_type not in JSON_TYPES:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {request.content_type!r}",
@@ -36,13 +41,30 @@ async def read_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large")
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large") from None
+
+
+def decode_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"invalid JSON: {exc}", code="invalid_json") from None
+
+
+async def parse_body(
+    request: web.Request, parser: Callable[[Any, VoiceRegistry, Settings], T]
+) -> T:
+    """The body through `parser` (400 for bad JSON), or the parse of the same bytes seen
+    moments ago: parsing depends only on the body and the static configuration."""
+    app = request.app
+    raw = await read_body(request)
+
+    def parse(body: bytes) -> T:
+        return parser(decode_json(body), app[keys.REGISTRY], app[keys.SETTINGS])
+
+    return app[keys.PARSED_BODIES].get_or_parse(parser, raw, parse)
 
 
 async def _speak(request: web.Request, req: SynthesisRequest) -> Speech:
@@ -82,8 +104,7 @@ def _deadline_s(request: web.Request, tier_deadline_s: float) -> float:
 
 
 async def tts(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    req = parse_tts_request(await read_json(request), app[keys.REGISTRY], app[keys.SETTINGS])
+    req = await parse_body(request, parse_tts_request)
     speech = await _speak(request, req)
     responder = AudioResponder(request, req, speech)
     return await (responder.streamed() if req.stream else responder.whole())
@@ -91,9 +112,7 @@ async def tts(request: web.Request) -> web.StreamResponse:
 
 async def openai_speech(request: web.Request) -> web.StreamResponse:
     """POST /v1/audio/speech: always streamed, like OpenAI's; SSE on request."""
-    app = request.app
-    body = await read_json(request)
-    req, as_sse = parse_speech_request(body, app[keys.REGISTRY], app[keys.SETTINGS])
+    req, as_sse = await parse_body(request, parse_speech_request)
     speech = await _speak(request, req)
     responder = AudioResponder(request, req, speech)
     return await (responder.sse() if as_sse else responder.streamed())
@@ -178,6 +197,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    cache = app[keys.SETTINGS].cache
+    app[keys.PARSED_BODIES] = ParsedBodies(cache.parsed_bodies, cache.parsed_body_max_bytes)
     if keys.METRICS in app:
         app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)

@@ -11,6 +11,7 @@ from inference.pool import InferencePool
 
 from .config import Settings
 from .gateway import Gateway
+from .memo import ParsedBodies
 from .metrics import Metrics
 from .speech import SpeechService
 from .synthesis import Synthesizer
@@ -37,6 +38,8 @@ POOLS = web.AppKey("pools", dict[str, InferencePool])
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
 RUN_STATE = web.AppKey("run_state", RunState)
 SPEECH = web.AppKey("speech", SpeechService)
+# Recently parsed identical request bodies (memo.ParsedBodies).
+PARSED_BODIES = web.AppKey("parsed_bodies", ParsedBodies)
 GATEWAY = web.AppKey("gateway", Gateway)
 # The Redis the cache uses (private or external), shared with the rate limiter.
 REDIS_URL = web.AppKey("redis_url", str)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from prometheus_client import (
@@ -23,6 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("tts_requests_total", "HTTP requests answered",
                                 ["route", "status", "engine", "voice", "tier"], registry=r)
@@ -78,15 +80,24 @@ class Metrics:
                                             "Requests refused at the door", ["reason"],
                                             registry=r)
 
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """metric.labels(*values), remembered: labels() validates and locks on every call,
+        which the cached-response path pays several times per request."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def observe_unit(self, engine: str, queue_ms: float, synthesis_ms: float, samples: int,
                      sample_rate: int, chars: int) -> None:
         audio_s = samples / sample_rate if sample_rate else 0.0
-        self.queue_wait_seconds.labels(engine).observe(queue_ms / 1000)
-        self.synthesis_seconds.labels(engine).observe(synthesis_ms / 1000)
+        self.child(self.queue_wait_seconds, engine).observe(queue_ms / 1000)
+        self.child(self.synthesis_seconds, engine).observe(synthesis_ms / 1000)
         if audio_s > 0:
-            self.real_time_factor.labels(engine).observe(synthesis_ms / 1000 / audio_s)
-        self.audio_seconds.labels(engine).inc(audio_s)
-        self.chars_synthesized.labels(engine).inc(chars)
+            self.child(self.real_time_factor, engine).observe(synthesis_ms / 1000 / audio_s)
+        self.child(self.audio_seconds, engine).inc(audio_s)
+        self.child(self.chars_synthesized, engine).inc(chars)
 
 
 class StateCollector(Collector):

@@ -27,8 +27,10 @@ LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = "request_id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Unique per server process without a system call per request (uuid4 reads urandom).
-_REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count(1))
+# Unique per server process without a system call per request (uuid4 reads urandom):
+# a random prefix drawn once, then a counter.
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+_REQUEST_IDS = (f"{_REQUEST_ID_PREFIX}{n:016x}" for n in itertools.count(1))
 
 _HTTP_CODES = {
     400: "bad_request",

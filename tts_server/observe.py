@@ -16,6 +16,7 @@ from aiohttp import web
 
 from . import keys
 from .gateway import IDENTITY
+from .metrics import Metrics
 from .synthesis import SynthesisTrace
 
 ACCESS_LOG = logging.getLogger("tts.access")
@@ -73,27 +74,34 @@ def _log_fields(request: web.Request, status: int, total_s: float) -> dict[str, 
     return fields
 
 
-def _observe(app: web.Application, request: web.Request, status: int, total_s: float) -> None:
+def _observe(
+    app: web.Application, request: web.Request, route: str, status: int, total_s: float
+) -> None:
     metrics = app.get(keys.METRICS)
-    info: RequestInfo | None = request.get(REQUEST_INFO)
-    route = route_of(request)
     if metrics is not None:
-        identity = request.get(IDENTITY)
-        tier = identity.tier if identity is not None else ""
-        voice = info.voice or "" if info else ""
-        engine = info.engine or "" if info else ""
-        metrics.requests.labels(route, str(status), engine, voice, tier).inc()
-        metrics.request_seconds.labels(route).observe(total_s)
-        if info is not None:
-            metrics.request_chars.observe(info.chars)
-            if info.cache:
-                metrics.cache_results.labels(info.cache).inc()
-            if info.first_byte_at is not None:
-                started = request["started_at"]
-                metrics.first_audio_seconds.labels(route).observe(info.first_byte_at - started)
-        if request.get(ERROR_CODE) in ADMISSION_CODES:
-            metrics.admission_rejections.labels(request[ERROR_CODE]).inc()
+        _count(metrics, request, route, status, total_s)
     _access_log(app, request, status, total_s)
+
+
+def _count(metrics: Metrics, request: web.Request, route: str, status: int,
+           total_s: float) -> None:
+    info: RequestInfo | None = request.get(REQUEST_INFO)
+    identity = request.get(IDENTITY)
+    tier = identity.tier if identity is not None else ""
+    voice = info.voice or "" if info else ""
+    engine = info.engine or "" if info else ""
+    metrics.child(metrics.requests, route, str(status), engine, voice, tier).inc()
+    metrics.child(metrics.request_seconds, route).observe(total_s)
+    if info is not None:
+        metrics.request_chars.observe(info.chars)
+        if info.cache:
+            metrics.child(metrics.cache_results, info.cache).inc()
+        if info.first_byte_at is not None:
+            started = request["started_at"]
+            metrics.child(metrics.first_audio_seconds, route).observe(
+                info.first_byte_at - started)
+    if request.get(ERROR_CODE) in ADMISSION_CODES:
+        metrics.child(metrics.admission_rejections, request[ERROR_CODE]).inc()
 
 
 def _access_log(app: web.Application, request: web.Request, status: int, total_s: float) -> None:
@@ -111,8 +119,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app.get(keys.METRICS)
     route = route_of(request)
     request["started_at"] = started = time.monotonic()
-    if metrics is not None:
-        metrics.in_flight.labels(route).inc()
+    in_flight = metrics.child(metrics.in_flight, route) if metrics is not None else None
+    if in_flight is not None:
+        in_flight.inc()
     status = 500
     try:
         response = await handler(request)
@@ -122,6 +131,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        if metrics is not None:
-            metrics.in_flight.labels(route).dec()
-        _observe(request.app, request, status, time.monotonic() - started)
+        if in_flight is not None:
+            in_flight.dec()
+        _observe(request.app, request, route, status, time.monotonic() - started)

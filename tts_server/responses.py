@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from . import keys
-from .audio import duration_s
+from .audio import WAV_HEADER_BYTES, duration_s, wav_header
 from .encoding import (
     StreamEncoder,
     encode_stream,
@@ -99,10 +99,13 @@ class AudioResponder:
 
     def _observe_encoding(self, seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.encoding_seconds.labels(self.req.audio_format).observe(seconds)
+            histogram = self.metrics.child(self.metrics.encoding_seconds, self.req.audio_format)
+            histogram.observe(seconds)
 
-    async def whole(self) -> web.Response:
+    async def whole(self) -> web.StreamResponse:
         pcm = b"".join([chunk async for chunk in self._pcm()])
+        if self.req.audio_format == "wav":
+            return await self._whole_wav(pcm)
         started = time.perf_counter()
         if self.req.audio_format in INLINE_FORMATS:  # a header at most: no thread hop
             body = encode_whole(self.req.audio_format, pcm, self.speech.sample_rate)
@@ -111,10 +114,26 @@ class AudioResponder:
                 self.executor, encode_whole, self.req.audio_format, pcm, self.speech.sample_rate
             )
         self._observe_encoding(time.perf_counter() - started)
+        return web.Response(body=body, headers=self._whole_headers(len(pcm)))
+
+    async def _whole_wav(self, pcm: bytes) -> web.StreamResponse:
+        """Header and samples written as they are: joining them would copy the whole audio
+        (most of the cost of an L1 hit), while the cached samples go out untouched."""
+        pcm = pcm[: len(pcm) - len(pcm) % 2]
+        self._observe_encoding(0.0)
+        response = web.StreamResponse(headers=self._whole_headers(len(pcm)))
+        response.content_length = WAV_HEADER_BYTES + len(pcm)
+        await response.prepare(self.request)
+        await response.write(wav_header(self.speech.sample_rate, len(pcm)))
+        await response.write(pcm)
+        await response.write_eof()
+        return response
+
+    def _whole_headers(self, pcm_bytes: int) -> dict[str, str]:
         rate = output_rate(self.req.audio_format, self.speech.sample_rate)
         headers = audio_headers(self.req, self.speech, rate)
-        headers["X-Audio-Duration"] = f"{duration_s(len(pcm), self.speech.sample_rate):.3f}"
-        return web.Response(body=body, headers=headers)
+        headers["X-Audio-Duration"] = f"{duration_s(pcm_bytes, self.speech.sample_rate):.3f}"
+        return headers
 
     async def _encoded(self, encoder: TimedEncoder) -> AsyncIterator[bytes]:
         async for data in encode_stream(self._pcm(), encoder, self.executor):  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ client that hangs up does not leave work behind unless someone else still wants 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .synthesis import Admission, SynthesisTrace, Synthesizer
 
 LOG = logging.getLogger("tts.speech")
 PEER_POLL_S = 0.05
+KEY_MEMO_ENTRIES = 4096
 
 
 class Flight:
@@ -105,17 +107,27 @@ class SpeechService:
         self.identity_extra = identity_extra
         self.cross_instance_wait_s = cross_instance_wait_s
         self._flights: dict[str, Flight] = {}
+        # Hashing a canonical JSON per request costs more than the rest of an L1 hit; the
+        # key is a pure function of these fields, so recent ones are remembered.
+        self._key = functools.lru_cache(maxsize=KEY_MEMO_ENTRIES)(self._compute_key)
 
     def key_for(self, request: SynthesisRequest, namespace: str) -> str:
         voice = request.voice
+        return self._key(namespace, request.text, voice.name, voice.model_id, voice.engine,
+                         request.speed, request.speaker_id, voice.sample_rate)
+
+    def _compute_key(
+        self, namespace: str, text: str, voice: str, model: str, engine: str, speed: float,
+        speaker: int | None, sample_rate: int,
+    ) -> str:
         identity = {
-            "text": request.text,
-            "voice": voice.name,
-            "model": voice.model_id,
-            "engine": voice.engine,
-            "speed": request.speed,
-            "speaker": request.speaker_id,
-            "sample_rate": voice.sample_rate,
+            "text": text,
+            "voice": voice,
+            "model": model,
+            "engine": engine,
+            "speed": speed,
+            "speaker": speaker,
+            "sample_rate": sample_rate,
             **self.identity_extra,
         }
         return cache_key(namespace, identity)

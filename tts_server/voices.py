@@ -8,8 +8,8 @@ paths.
 from __future__ import annotations
 
 import hashlib
-import logging
 import importlib.metadata
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 

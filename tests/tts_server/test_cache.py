@@ -80,6 +80,33 @@ async def test_slow_redis_is_a_miss_within_the_timeout(redis_server):
         await blocker.close()
 
 
+async def test_single_timeouts_do_not_skip_redis_but_a_run_of_them_does(redis_server):
+    l2 = tier(redis_server, timeout_s=0.05, timeouts_before_backoff=2)
+    blocker = tier(redis_server, timeout_s=5)
+    try:
+        await l2.put("k", AUDIO)
+
+        async def get_while_redis_sleeps() -> CachedAudio | None:
+            sleeping = asyncio.create_task(
+                blocker.client.execute_command("DEBUG", "SLEEP", "0.2"))
+            await asyncio.sleep(0.02)
+            try:
+                return await l2.get("k")
+            finally:
+                await sleeping
+
+        assert await get_while_redis_sleeps() is None
+        assert (l2.stats.timeouts, l2.available) == (1, True)
+        assert await l2.get("k") == AUDIO  # a success resets the run
+        assert await get_while_redis_sleeps() is None
+        assert l2.available  # one timeout in a row again
+        assert await get_while_redis_sleeps() is None
+        assert (l2.stats.timeouts, l2.available) == (3, False)  # two in a row: backoff
+    finally:
+        await l2.close()
+        await blocker.close()
+
+
 async def test_killed_redis_fails_open_then_recovers_after_restart(redis_server):
     l2 = tier(redis_server, backoff_max_s=0.3)
     try:

@@ -33,12 +33,14 @@ async def test_repeat_is_an_l1_hit_with_identical_audio(running_server):
     status, cache, again = await tts(server.url, {"text": "  " + SENTENCE.replace(" ", "   ")})
     assert (status, cache) == (200, "hit-l1")
     assert again == first
+    # The very same body again: its parse is remembered, the answer is the same file.
+    assert await tts(server.url, {"text": SENTENCE}) == (200, "hit-l1", first)
     _, cache, pcm = await tts(server.url, {"text": SENTENCE, "format": "pcm"})
     assert cache == "hit-l1" and pcm == first[44:]
     _, cache, _ = await tts(server.url, {"text": SENTENCE, "speed": 1.25})
     assert cache == "miss"
     stats = await get_json(server.url, "/api/cache/stats")
-    assert stats["l1"]["hits"] == 2 and stats["l1"]["entries"] == 2 and stats["l2"] is None
+    assert stats["l1"]["hits"] == 3 and stats["l1"]["entries"] == 2 and stats["l2"] is None
 
 
 async def test_streamed_synthesis_is_stored_and_a_hit_streams(running_server):
