@@ -25,7 +25,9 @@ import redis
 from aiohttp import web
 
 from tests.support import ServerProcess, free_port, merged, shm_segments_of, write_config
-from tts_server.jobs.settings import ENV_VAR
+from tts_server.jobs.models import JobSpec
+from tts_server.jobs.redis_store import RedisJobStore
+from tts_server.jobs.settings import ENV_VAR, JobSettings
 from tts_server.redis_server import RedisProcess
 
 SECRET = "webhook-secret"
@@ -59,9 +61,8 @@ def token_entries() -> list[dict[str, str]]:
 
 
 def server_overrides(redis_setting: str, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    # fp32: the kill/restart timings below were validated with the slower model.
     return {"cache": {"redis": redis_setting}, "auth": {"tokens": token_entries()},
-            "limits": {"tiers": TIERS}, "voices": {"precision": "fp32"}, **sections}
+            "limits": {"tiers": TIERS}, **sections}
 
 
 def start_server(folder: Path, name: str, overrides: dict[str, dict[str, Any]],
@@ -468,6 +469,18 @@ def job_fields(store: redis.Redis, job_ids: list[str]) -> dict[str, dict[str, st
                      if k != b"units"} for job_id in job_ids}
 
 
+async def until_reclaimed(store: redis.Redis, job_ids: list[str], instances: set[str],
+                          timeout_s: float = 30.0) -> None:
+    """Until no job is running under these (dead) instances: their leases lapsed and a live
+    instance reclaimed them. Before that they stay "running", and no other instance's
+    graceful stop may hand them back (it does not hold them)."""
+    deadline = time.monotonic() + timeout_s
+    while any(job["status"] == "running" and job.get("instance") in instances
+              for job in job_fields(store, job_ids).values()):
+        assert time.monotonic() < deadline, job_fields(store, job_ids)
+        await asyncio.sleep(0.05)
+
+
 async def run_until_stored(client: Client, job_ids: list[str], sentences: int) -> None:
     while True:
         docs = [await client.job(job_id) for job_id in job_ids]
@@ -519,6 +532,12 @@ async def test_sigkill_then_sigterm_mid_run_and_every_job_finishes_once(
         servers.append(start_server(tmp_path, "second", overrides, settings))
         alice = Client(session, servers[1].url, "alice")
         stored_at_kill = sum(int(job["units_done"]) for job in at_kill.values())
+        # The dead instance's leases lapse lease_ttl_s after the kill, and the new one
+        # reclaims them at its next check (every lease_ttl_s / 3). A new instance that is
+        # ready and stores 10 sentences sooner than that (a fast machine, the INT8 model)
+        # would otherwise be stopped while those jobs are still "running" under the dead one.
+        dead = {job["instance"] for job in at_kill.values() if job["status"] == "running"}
+        await until_reclaimed(store, ids, dead)
         await run_until_stored(alice, ids, stored_at_kill + 10)
         started = time.monotonic()
         assert servers[1].stop(signal.SIGTERM) == 0
@@ -552,6 +571,59 @@ async def test_sigkill_then_sigterm_mid_run_and_every_job_finishes_once(
     finally:
         for server in servers:
             server.stop()
+        store.close()
+
+
+# A Lua script that makes one queued job due, then holds Redis for ARGV[2] ms: commands
+# sent meanwhile (the runner's claim) wait in Redis and run after it, in arrival order.
+HOLD_REDIS = """
+redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1])
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local until_us = now_us() + tonumber(ARGV[2]) * 1000
+while now_us() < until_us do end
+return 1
+"""
+
+
+async def test_a_claim_granted_while_the_runner_stops_goes_back_to_the_queue(
+        redis_server, tmp_path):
+    """SIGTERM while the runner's claim is in flight: the job it wins is handed back.
+
+    The job waits in the queue, not yet due, before the server starts. A script then makes
+    it due and holds Redis for 1.5 s; the idle runner's next poll sends its claim, which
+    Redis runs only after the script, while the server is already stopping. The stop
+    must not leave that job "running" under a lease nobody renews.
+    """
+    seed = RedisJobStore.from_url(redis_server.url, JobSettings())
+    units = tuple(sentence(2500 + i) for i in range(4))
+    spec = JobSpec(owner="alice", units=units, chars=sum(map(len, units)), voice="joe",
+                   speed=1.0, speaker_id=None, api_format="wav", audio_format="wav",
+                   sample_rate=22050)
+    try:
+        job_id = (await seed.submit("claimed-while-stopping", spec)).job.id
+    finally:
+        await seed.close()
+    store = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    store.zadd(f"{NS}:queue", {job_id: 2**50}, xx=True)  # queued, due in the far future
+    settings = {"lease_ttl_s": 30, "max_concurrent": 1, "poll_interval_s": 0.05}
+    server = start_server(tmp_path, "claiming", server_overrides(redis_server.url), settings)
+    try:
+        hold = asyncio.create_task(asyncio.to_thread(
+            store.eval, HOLD_REDIS, 1, f"{NS}:queue", job_id, 1500))
+        await asyncio.sleep(0.5)  # the runner polls every 50 ms: its claim now waits
+        assert not hold.done()
+        assert await asyncio.to_thread(server.stop, signal.SIGTERM) == 0
+        await hold
+        job = job_fields(store, [job_id])[job_id]
+        assert job["status"] == "queued", job
+        assert job["attempts"] == "0" and job["lease"] == ""
+        assert store.zcard(f"{NS}:leases") == 0
+        assert store.zscore(f"{NS}:queue", job_id) is not None
+    finally:
+        server.stop()
         store.close()
 
 

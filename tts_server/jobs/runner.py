@@ -4,7 +4,15 @@ Up to jobs.max_concurrent jobs run at once per instance. A running job hands the
 batch of sentences at a time (idle workers take them in parallel; interactive lanes 0
 and 1 always go first) and stores each sentence's PCM as it arrives, so a resumed job
 skips what is done. A heartbeat renews the job's lease; if the lease is lost, the job is
-abandoned at once. At shutdown the runner gives its jobs back to the queue.
+abandoned at once.
+
+At shutdown the runner gives every job it holds back to the queue. "Holds" starts when the
+store grants a claim, not when a job task starts: a claim that was in flight when the stop
+began (Redis may grant it after the claim loop was cancelled) and a job task cancelled
+before its first step (its own hand-back never runs) are both still in the registry of
+held claims, which stop() hands back once the job tasks have ended. The requeue only
+applies while the claim's lease token still holds the job, so a job that finished in the
+meantime is not requeued.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ class RunningJob:
     cancel_requested: bool = False
 
 
+def _observed(task: asyncio.Task[Any]) -> None:
+    """Retrieve a claim task's error: its caller may have been cancelled and never will."""
+    if not task.cancelled():
+        task.exception()
+
+
 def instance_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
@@ -68,6 +82,13 @@ class JobRunner:
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._jobs: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+        # Every claim the store granted us whose job is not settled yet (finished, handed
+        # back, or left to lapse), by lease token (a job handed back may be claimed again
+        # under a new one): what stop() must hand back if no job task does.
+        self._held: dict[str, Claim] = {}
+        # The claim in flight, shielded: cancelling the claim loop does not lose its answer.
+        self._claiming: asyncio.Task[Claim | None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -76,12 +97,23 @@ class JobRunner:
         self._loops = [loop.create_task(self._claim_loop()), loop.create_task(self._reclaim_loop())]
 
     async def stop(self) -> None:
-        """Stop claiming; cancel running jobs, which hand themselves back to the queue."""
-        for task in [*self._loops, *self._jobs]:
-            task.cancel()
+        """Stop claiming; cancel running jobs, which hand themselves back to the queue;
+        then hand back every claim still held (granted during the stop, or whose task
+        never ran or did not end in time)."""
+        self._stopping = True
+        self.wake.set()
         pending = [*self._loops, *self._jobs]
+        for task in pending:
+            task.cancel()
+        if self._claiming is not None:
+            pending.append(self._claiming)  # not cancelled: its answer may be a granted job
         if pending:
             await asyncio.wait(pending, timeout=STOP_TIMEOUT_S)
+        held, self._held = list(self._held.values()), {}
+        for claim, returned in zip(held, await asyncio.gather(
+                *(self._give_back(claim) for claim in held)), strict=True):
+            LOG.warning("job %s: %s", claim.job.id, "handed back at shutdown" if returned
+                        else "not handed back at shutdown; its lease will lapse")
 
     @property
     def running(self) -> int:
@@ -91,7 +123,8 @@ class JobRunner:
 
     def _paused(self) -> bool:
         level = self.settings.pause_at_degradation_level
-        return self.run_state.draining or (0 < level <= self.run_state.degradation_level)
+        return (self._stopping or self.run_state.draining
+                or 0 < level <= self.run_state.degradation_level)
 
     async def _claim_loop(self) -> None:
         while True:
@@ -101,6 +134,9 @@ class JobRunner:
             except BaseException:
                 self._slots.release()
                 raise
+            if self._stopping:  # a cancellation lost in a race: stop() hands the claim back
+                self._slots.release()
+                return
             task = asyncio.get_running_loop().create_task(self._hold(claim))
             self._jobs.add(task)
             task.add_done_callback(self._job_ended)
@@ -112,7 +148,7 @@ class JobRunner:
             LOG.error("job task failed", exc_info=task.exception())
 
     async def _next_claim(self) -> Claim:
-        while True:
+        while not self._stopping:
             if not self._paused():
                 claim = await self._try_claim()
                 if claim is not None:
@@ -120,18 +156,30 @@ class JobRunner:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_s)
+        raise asyncio.CancelledError
 
     async def _try_claim(self) -> Claim | None:
+        self._claiming = asyncio.get_running_loop().create_task(self._claim())
+        self._claiming.add_done_callback(_observed)
         try:
-            return await self.store.claim(secrets.token_hex(16), self.instance)
+            return await asyncio.shield(self._claiming)
         except StoreUnavailable as exc:
             LOG.warning("jobs: cannot claim: %s", exc)
             await asyncio.sleep(self.settings.poll_interval_s * 4)
             return None
 
+    async def _claim(self) -> Claim | None:
+        """One claim; a granted one is held from the moment the store answers."""
+        if self._stopping:
+            return None
+        claim = await self.store.claim(secrets.token_hex(16), self.instance)
+        if claim is not None:
+            self._held[claim.token] = claim
+        return claim
+
     async def _reclaim_loop(self) -> None:
         """Jobs of instances that died (their lease lapsed) go back to the queue."""
-        while True:
+        while not self._stopping:
             try:
                 reclaimed = await self.store.reclaim_expired()
             except StoreUnavailable as exc:
@@ -176,8 +224,9 @@ class JobRunner:
         try:
             await self._complete(running)
         except asyncio.CancelledError:
-            await self._give_back(claim)
-            raise
+            if await self._give_back(claim):
+                self._held.pop(claim.token, None)
+            raise  # if the hand-back failed, stop() tries it again
         except Unprocessable as exc:
             await self._safely(self.store.finish(claim, Status.FAILED, exc.code, exc.message))
         except ServiceUnavailable as exc:
@@ -190,6 +239,7 @@ class JobRunner:
             LOG.exception("job %s: unexpected error", claim.job.id)
             await self._requeue(claim, "internal_error", f"{type(exc).__name__}: {exc}",
                                 refund=False)
+        self._held.pop(claim.token, None)
         self.on_finished()
 
     async def _complete(self, running: RunningJob) -> None:
@@ -212,10 +262,17 @@ class JobRunner:
         outcome = status.value if status is not None else "lost (another runner has it)"
         LOG.warning("job %s: %s (%s); now %s", claim.job.id, message, code, outcome)
 
-    async def _give_back(self, claim: Claim) -> None:
-        """Shutdown (or a lost lease): back to the queue in its place, the attempt refunded."""
-        with contextlib.suppress(Exception):
+    async def _give_back(self, claim: Claim) -> bool:
+        """Shutdown (or a lost lease): back to the queue in its place, the attempt refunded.
+
+        Only while the claim's token still holds the job (the store checks): a job that
+        finished, or that another runner holds, is left as it is. False: no answer."""
+        try:
             await asyncio.wait_for(self.store.requeue(claim, 0, True, "", ""), 5.0)
+        except Exception as exc:
+            LOG.warning("job %s: cannot hand it back: %s", claim.job.id, exc)
+            return False
+        return True
 
     @staticmethod
     async def _safely(operation: Any) -> None:
@@ -242,6 +299,10 @@ class JobRunner:
         todo = [index for index in range(len(claim.units)) if index not in done]
         for start in range(0, len(todo), self.batch_units):
             await self._wait_while_paused(running)
+            if self._stopping:
+                # stop() cancelled this task, but Python 3.11's asyncio.wait_for can drop
+                # a cancellation that lands as its awaited unit completes: hand back now.
+                raise asyncio.CancelledError
             if running.cancel_requested:
                 return Lease.CANCEL
             lease = await self._batch(claim, request, todo[start:start + self.batch_units])
