@@ -84,11 +84,24 @@ class Row:
     cpu_s: float
     batches: int
     batched_units: int
+    # The machine's 1-minute load average after the level (other work on a shared machine).
+    load1: float = 0.0
 
 
-def start_server(port: int, workers: int, config: Config) -> subprocess.Popen:
+# Every request is served, however long it waits: the table compares synthesis capacity, and
+# deadline admission would refuse a slower configuration's requests (fast 503s that a
+# closed loop replaces at once) instead of showing its latency.
+NO_DEADLINE_ENV = {
+    "TTS_LIMITS__TIERS": "{anonymous = {deadline_s = 3600.0}}",
+    "TTS_SERVER__REQUEST_TIMEOUT_S": "3600.0",
+}
+
+
+def start_server(port: int, workers: int, config: Config, extra_env: dict[str, str]
+                 ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, **BENCH_ENV, "TTS_CACHE__ENABLED": "false", **config.env}
+    env = {**os.environ, **BENCH_ENV, **NO_DEADLINE_ENV, "TTS_CACHE__ENABLED": "false",
+           **extra_env, **config.env}
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -106,11 +119,13 @@ async def piper_counters(base: str) -> tuple[float, int, int]:
 
 
 async def measure_config(
-    config: Config, repeat: int, texts_by_level: dict[int, list[str]], workers: int
+    config: Config, repeat: int, texts_by_level: dict[int, list[str]], args: argparse.Namespace
 ) -> list[Row]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(port, workers, config)
+    extra = {"TTS_BATCHING__MAX_BATCH": str(args.max_batch),
+             "TTS_BATCHING__MAX_WAIT_MS": str(float(args.max_wait_ms))}
+    server = start_server(port, args.workers, config, extra)
     rows = []
     try:
         await closed_loop(f"{base}/api/tts", [{"text": "Warm the connection pool."}], 1)
@@ -124,10 +139,13 @@ async def measure_config(
             wall_audio = result.audio_s_per_s
             rows.append(Row(config.model, config.batching, level, repeat, result.requests,
                             result.errors, wall_audio, result.p50_ms, result.p95_ms,
-                            wall_audio * wall, cpu, int(batches), int(batched)))
+                            wall_audio * wall, cpu, int(batches), int(batched),
+                            os.getloadavg()[0]))
             print(f"  {config.model:>28} {config.batching:>3} c={level:<3}"
                   f" {wall_audio:7.2f} audio-s/s  p95 {result.p95_ms:7.0f} ms"
-                  f"  batches {int(batches)}  errors {result.errors}", flush=True)
+                  f"  {wall_audio * wall / cpu if cpu else 0:6.2f} per CPU-s"
+                  f"  batches {int(batches)}  errors {result.errors}"
+                  f"  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         stop(server)
     return rows
@@ -191,8 +209,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="requests per level = max(40, 3 x concurrency) x scale")
     parser.add_argument("--int8", default=load_settings().voices.int8_recipe,
                         help="INT8 recipe (default: config.toml's voices.int8_recipe)")
+    batching = load_settings().batching
+    parser.add_argument("--max-batch", type=int, default=batching.max_batch,
+                        help="batching.max_batch of the servers with batching on")
+    parser.add_argument("--max-wait-ms", type=float, default=batching.max_wait_ms,
+                        help="batching.max_wait_ms of the servers with batching on")
     parser.add_argument("--seed", type=int, default=11, help="text generator seed")
     parser.add_argument("--json", help="write every row and the table to this file")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="--json files of earlier runs: the table takes the medians over "
+                             "their rows and this run's")
     return parser.parse_args(argv)
 
 
@@ -213,13 +239,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
         print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
             f"{c.model}/{c.batching}" for c in order), flush=True)
         for config in order:
-            rows += await measure_config(config, repeat, texts, args.workers)
+            rows += await measure_config(config, repeat, texts, args)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = asyncio.run(run(args))
+    if args.merge:
+        for path in args.merge:
+            rows += [Row(**r) for r in json.loads(Path(path).read_text())["rows"]]
     table = median_rows(rows)
     print_table(table)
     if args.json:
