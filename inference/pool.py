@@ -467,7 +467,7 @@ class InferencePool:
         if unit is None:
             return
         self._count_done(handle, unit, done.process_cpu_s)
-        if not getattr(unit.message, "solo", False) and unit.chars:
+        if not unit.solo and unit.chars:  # a solo run used every core: not per-worker speed
             self._learn_speed(done.synthesis_ms / 1000 / unit.chars)
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(handle.slab.buf[:nbytes])  # copy out before the slab is reused
