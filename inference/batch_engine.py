@@ -33,7 +33,6 @@ from .voice import SynthesisOptions, ThreadPlan, Voice, make_session
 # padding stays under about a factor of two of the shortest item.
 BUCKET_EDGES = (48, 96, 160, 256)
 BUCKET_NAMES = ("xs", "short", "medium", "long", "xl")
-ALIGNMENT_OUTPUT = "durations"
 
 
 def bucket_for(phoneme_ids: int, edges: Sequence[int] = BUCKET_EDGES) -> int:

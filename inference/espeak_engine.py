@@ -394,7 +394,6 @@ class EspeakLibrary:
 
     def __init__(self, library_path: str, data_path: str, source: str) -> None:
         self.library_path = library_path
-        self.source_data_path = data_path
         self.source = source
         try:
             self._lib = ctypes.CDLL(library_path)

@@ -46,7 +46,6 @@ from .protocol import VoiceFiles
 LOG = logging.getLogger("tts.inference.quantize")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO / "data" / "models"
-DATA_DIR_ENV = "TTS_MODELS_DIR"
 # Bump when the build code changes in a way the recipe fields do not capture.
 BUILD_VERSION = 1
 FP32 = "fp32"
@@ -234,8 +233,6 @@ VARIANTS: dict[str, Variant] = {
         ),
     )
 }
-# The recommended INT8 recipe (docs/int8_and_batching.md has the measurements).
-DEFAULT_INT8 = "qdq-dec-act-flow-enc-pc-u8"
 
 
 class QuantizeError(RuntimeError):
@@ -243,8 +240,8 @@ class QuantizeError(RuntimeError):
 
 
 def data_dir_default() -> Path:
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else DEFAULT_DATA_DIR
+    """Where built variants live unless voices.models_dir names another folder."""
+    return DEFAULT_DATA_DIR
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -510,7 +507,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="source .onnx (default: the shipped en_US-joe-medium)")
     parser.add_argument("--config", help="source .onnx.json (default: MODEL + '.json')")
     parser.add_argument(
-        "--data-dir", help=f"cache directory (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})"
+        "--data-dir", help=f"cache directory (default: {DEFAULT_DATA_DIR})"
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     return parser.parse_args(argv)

@@ -43,8 +43,10 @@ from inference.corpus import corpus, eval_sentences
 from inference.protocol import VoiceFiles
 from inference.quantize import FP32, data_dir_default, default_voice, ensure_variant
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
+from tts_server.config import VoiceSettings
 
-DEFAULT_INT8 = quantize.DEFAULT_INT8
+# The served recipe: one default, in config.
+DEFAULT_INT8 = VoiceSettings().int8_recipe
 SAMPLE_RATE = 22050
 # Production inputs: the voice's own noise (scales resolved by the Voice), not zero.
 OPTIONS = SynthesisOptions()

@@ -59,6 +59,6 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 @pytest.fixture
 def redis_server() -> Iterator[RedisProcess]:
     """A real redis-server on a free loopback port, stopped at teardown."""
-    server = RedisProcess(port=free_port()).start()
+    server = RedisProcess(port=free_port(), allow_debug=True).start()
     yield server
     server.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import AuthSettings, ConfigError, TokenSettings, _coerce
+from .config import AuthSettings, ConfigError, TokenSettings, coerce
 
 LOG = logging.getLogger("tts.auth")
 
@@ -36,10 +36,6 @@ class Identity:
     key: str
     token: TokenSettings | None = None
 
-    @property
-    def anonymous(self) -> bool:
-        return self.token is None
-
 
 def load_tokens_file(path: str) -> tuple[TokenSettings, ...]:
     """A TOML file of [[tokens]] tables (name, sha256, tier, optional limit overrides)."""
@@ -47,7 +43,7 @@ def load_tokens_file(path: str) -> tuple[TokenSettings, ...]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"auth.tokens_file {path}: {exc}") from exc
-    return _coerce(f"{path}:tokens", data.get("tokens", []), tuple[TokenSettings, ...])
+    return coerce(f"{path}:tokens", data.get("tokens", []), tuple[TokenSettings, ...])
 
 
 class TokenStore:

@@ -92,8 +92,6 @@ class BatchingPool:
         """Every unit of one request into the batcher, or none (the pool's errors)."""
         if self._closed:
             raise PoolClosed("server is shutting down")
-        if self.batcher.mode == "off":
-            return self.pool.submit(request_key, units, priority)
         self.pool.check_admission(len(units) + len(self._held))
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[UnitResult]] = []

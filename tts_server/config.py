@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs.settings import JobSettings
-
 ENV_PREFIX = "TTS_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -368,10 +366,6 @@ class TierSettings:
         unknown = set(self.features) - set(FEATURES)
         _require(not unknown, f"unknown tier feature(s) {sorted(unknown)}; known: {FEATURES}")
 
-    @property
-    def chars_capacity(self) -> int:
-        return self.chars_burst or self.chars_per_min
-
 
 def _default_tiers() -> dict[str, TierSettings]:
     return {
@@ -417,6 +411,65 @@ class OpenAISettings:
 
     models: Mapping[str, str] = field(default_factory=_default_openai_models)
     voices: Mapping[str, str] = field(default_factory=_default_openai_voices)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    enabled: bool = True
+    # Texts longer than this get 413 (interactive requests stop at text.max_text_chars).
+    max_text_chars: int = 100_000
+    # Job bodies may be larger than server.max_body_bytes (the text is longer).
+    max_body_bytes: int = 1_048_576
+    # Jobs synthesized at once by one instance.
+    max_concurrent: int = 2
+    # Sentences a running job hands the pool at once; 0 = twice the piper pool's workers.
+    batch_units: int = 0
+    # Queued (not yet running) jobs: per owner (429 beyond) and in total (503 beyond).
+    max_queued_per_owner: int = 20
+    max_queued_total: int = 1000
+    # Finished jobs and their audio are kept this long, then expire (404).
+    result_ttl_s: int = 86_400
+    # Claims of one job that may end without an outcome (a dead instance, an engine fault).
+    max_attempts: int = 3
+    # A running job's lease; an instance that stops renewing it loses the job to another.
+    lease_ttl_s: float = 30.0
+    # How often an idle runner looks for queued jobs submitted to other instances.
+    poll_interval_s: float = 0.5
+    # Delay before a job that hit a transient fault (engine down, deadline) runs again.
+    retry_delay_s: float = 5.0
+    # The runner starts no new batch while the degradation ladder is at this level or
+    # above (0 = never pause): jobs alone keep the CPU busy, which the ladder reads as
+    # overload and would answer by degrading interactive traffic.
+    pause_at_degradation_level: int = 1
+    # Redis key prefix of every job key.
+    namespace: str = "tts:jobs:v1"
+    # Completion webhooks go only to these hosts ("host" or "host:port"); others get 400.
+    webhook_hosts: tuple[str, ...] = ()
+    # HMAC-SHA256 key of X-TTS-Signature; "" sends webhooks unsigned.
+    webhook_secret: str = ""
+    webhook_attempts: int = 5
+    webhook_timeout_s: float = 5.0
+    # First delay between webhook attempts; doubles after each failure.
+    webhook_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.max_text_chars >= 1, "jobs.max_text_chars must be >= 1")
+        _require(self.max_body_bytes >= 1024, "jobs.max_body_bytes must be >= 1024")
+        _require(self.max_concurrent >= 1, "jobs.max_concurrent must be >= 1")
+        _require(self.batch_units >= 0, "jobs.batch_units must be >= 0")
+        _require(self.max_queued_per_owner >= 1, "jobs.max_queued_per_owner must be >= 1")
+        _require(self.max_queued_total >= 1, "jobs.max_queued_total must be >= 1")
+        _require(self.result_ttl_s >= 1, "jobs.result_ttl_s must be >= 1")
+        _require(self.max_attempts >= 1, "jobs.max_attempts must be >= 1")
+        _require(self.lease_ttl_s >= 1, "jobs.lease_ttl_s must be >= 1")
+        _require(self.poll_interval_s > 0, "jobs.poll_interval_s must be > 0")
+        _require(self.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0")
+        _require(0 <= self.pause_at_degradation_level <= 3,
+                 "jobs.pause_at_degradation_level must be 0..3")
+        _require(bool(self.namespace), "jobs.namespace must not be empty")
+        _require(self.webhook_attempts >= 1, "jobs.webhook_attempts must be >= 1")
+        _require(self.webhook_timeout_s > 0, "jobs.webhook_timeout_s must be > 0")
+        _require(self.webhook_backoff_s >= 0, "jobs.webhook_backoff_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -466,7 +519,7 @@ def _as_dict(settings: Settings) -> dict[str, dict[str, Any]]:
     return {f.name: dict(vars(getattr(settings, f.name))) for f in dataclasses.fields(settings)}
 
 
-def _coerce(path: str, value: Any, annotation: Any) -> Any:
+def coerce(path: str, value: Any, annotation: Any) -> Any:
     """Check a value against its annotation, building nested dataclasses, tuples and tables."""
     origin = typing.get_origin(annotation)
     if origin in (types.UnionType, typing.Union):
@@ -482,11 +535,11 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     if origin is tuple:
         _require(isinstance(value, list | tuple), f"{path} must be a list")
         item = typing.get_args(annotation)[0]
-        return tuple(_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+        return tuple(coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
     if origin is not None and issubclass(origin, Mapping):
         _require(isinstance(value, Mapping), f"{path} must be a table")
         item = typing.get_args(annotation)[1]
-        return {str(k): _coerce(f"{path}.{k}", v, item) for k, v in value.items()}
+        return {str(k): coerce(f"{path}.{k}", v, item) for k, v in value.items()}
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
@@ -499,7 +552,7 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     _require(not unknown, f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
-    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
+    kwargs = {k: coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -520,7 +573,7 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """TTS_<SECTION>__<KEY>=value, e.g. TTS_POOL__WORKERS=4 or TTS_SERVER__API_TOKEN=secret."""
+    """TTS_<SECTION>__<KEY>=value, e.g. TTS_POOL__WORKERS=4 or TTS_SERVER__LOG_FORMAT=json."""
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:

@@ -54,7 +54,6 @@ class DegradationLadder:
         self.interactive_load = interactive_load
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
         self._changed_at = clock()
-        self.last_cpu_percent = 0.0
 
     def _average_over(self, seconds: float, now: float) -> float | None:
         """Mean CPU over the last `seconds`, or None until that much history exists."""
@@ -66,7 +65,6 @@ class DegradationLadder:
     def observe(self, cpu_percent: float) -> int:
         """Record one reading; step at most one level; return the level."""
         now = self.clock()
-        self.last_cpu_percent = cpu_percent
         self._samples.append((now, cpu_percent))
         keep = max(self.settings.window_s, self.settings.down_window_s) + 1
         while now - self._samples[0][0] > keep:

@@ -23,7 +23,6 @@ import soxr
 
 from .audio import wav_header
 
-DEFAULT_FORMAT = "mp3"
 OPENAI_PCM_RATE = 24_000
 
 

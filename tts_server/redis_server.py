@@ -49,6 +49,7 @@ class RedisProcess:
         policy: str = "volatile-lru",
         port: int | None = None,
         binary: str | None = None,
+        allow_debug: bool = False,
     ) -> None:
         self.binary = binary or find_redis_server()
         if self.binary is None:
@@ -56,6 +57,8 @@ class RedisProcess:
         self.maxmemory_bytes = maxmemory_bytes
         self.policy = policy
         self.port = port
+        # Tests slow Redis down with DEBUG SLEEP; Redis 7 refuses DEBUG unless enabled.
+        self.allow_debug = allow_debug
         self._folder = tempfile.TemporaryDirectory(prefix="tts-redis-")
         self.socket_path = Path(self._folder.name) / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,7 +85,17 @@ class RedisProcess:
             "--maxmemory-policy", self.policy,
             "--protected-mode", "yes",
             "--loglevel", "warning",
+            *(["--enable-debug-command", "local"] if self._debug_flag_needed() else []),
         ]
+
+    def _debug_flag_needed(self) -> bool:
+        """Redis 7 has the switch (and needs it); older servers reject it as unknown."""
+        if not self.allow_debug:
+            return False
+        out = subprocess.run([self.binary or "redis-server", "--version"], capture_output=True,
+                             text=True, check=False).stdout
+        version = out.partition("v=")[2].split(".", 1)[0]
+        return version.isdigit() and int(version) >= 7
 
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         self.spawn()

@@ -176,7 +176,8 @@ class SpeechService:
             flight.finish(exc)
         finally:
             self._flights.pop(flight.key, None)
-            await self._release_marker(flight.key)
+            if flight.holds_marker:  # a peer's marker is the peer's to release
+                await self._release_marker(flight.key)
 
     async def _peer_delivered(self, flight: Flight) -> bool:
         """Across instances: if another instance holds the marker, wait for its L2 value."""

@@ -14,10 +14,11 @@ from inference import corpus, quantize, wer
 from inference.protocol import VoiceFiles
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 from tests.inference.conftest import JOE
+from tts_server.config import VoiceSettings
 
 DETERMINISTIC = SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0)
 # The recommended INT8 recipe is the one under test: it is what a server would load.
-VARIANT = quantize.DEFAULT_INT8
+VARIANT = VoiceSettings().int8_recipe  # the served recipe
 # A handful of held-out sentences, chosen by length only (<= 12 words keeps the test quick):
 # the 60-sentence gate itself is measured by `python -m inference.wer` / stress.bench_models.
 GATE_SENTENCES = 8

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.jobs.test_store import spec
+from tts_server.config import JobSettings
 from tts_server.jobs.memory_store import MemoryJobStore
 from tts_server.jobs.models import Status
 from tts_server.jobs.runner import JobRunner
-from tts_server.jobs.settings import JobSettings
 from tts_server.jobs.store import Claim, Lease
 from tts_server.keys import RunState
 

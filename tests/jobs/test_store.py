@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tts_server.config import JobSettings
 from tts_server.jobs.memory_store import MemoryJobStore
 from tts_server.jobs.models import JobSpec, Status
 from tts_server.jobs.redis_store import RedisJobStore
-from tts_server.jobs.settings import JobSettings
 from tts_server.jobs.store import JobStore, Lease, QueueFull
 
 StoreFactory = Callable[..., JobStore]

@@ -4,6 +4,7 @@ import asyncio
 
 import aiohttp
 import pytest
+import redis
 
 from tests.support import decode_wav
 
@@ -108,6 +109,27 @@ async def test_instances_coalesce_through_a_redis_marker(running_server, redis_s
     assert [status for status, _, _ in results] == [200] * 6
     after = sum([await units_synthesized(s.url) for s in servers])
     assert after - before == 1
+
+
+async def test_an_instance_releases_only_the_marker_it_claimed(running_server, redis_server):
+    """A peer's in-flight marker outlives this instance's wait for it: deleting it would let
+    a third instance start the same synthesis while the peer is still at work."""
+    cache = {"redis": redis_server.url, "cross_instance_wait_ms": 300}
+    first = running_server({"cache": cache})
+    assert (await tts(first.url, {"text": SENTENCE}))[1] == "miss"
+    client = redis.Redis.from_url(redis_server.url)
+    for _ in range(100):  # the L2 write follows the response
+        if keys := [k for k in client.keys("tts:v1:audio:*") if not k.endswith(b":inflight")]:
+            break
+        await asyncio.sleep(0.05)
+    (audio_key,) = keys
+    assert client.exists(audio_key + b":inflight") == 0  # its own marker, released
+    client.delete(audio_key)
+    client.set(audio_key + b":inflight", b"1", px=30_000)  # a peer is synthesizing it
+    second = running_server({"cache": cache})
+    assert (await tts(second.url, {"text": SENTENCE}))[1] == "miss"  # waited, then made it
+    assert client.exists(audio_key + b":inflight") == 1
+    client.close()
 
 
 async def test_warmup_texts_are_cached_at_start(running_server):

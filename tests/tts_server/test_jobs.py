@@ -25,9 +25,9 @@ import redis
 from aiohttp import web
 
 from tests.support import ServerProcess, free_port, merged, shm_segments_of, write_config
+from tts_server.config import JobSettings
 from tts_server.jobs.models import JobSpec
 from tts_server.jobs.redis_store import RedisJobStore
-from tts_server.jobs.settings import ENV_VAR, JobSettings
 from tts_server.redis_server import RedisProcess
 
 SECRET = "webhook-secret"
@@ -67,11 +67,9 @@ def server_overrides(redis_setting: str, **sections: dict[str, Any]) -> dict[str
 
 def start_server(folder: Path, name: str, overrides: dict[str, dict[str, Any]],
                  job_settings: dict[str, Any]) -> ServerProcess:
-    """A server whose job settings come through TTS_JOBS_SETTINGS (no [jobs] section yet)."""
-    config = write_config(folder / f"{name}.toml", merged(overrides))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(ENV_VAR, json.dumps(job_settings))
-        server = ServerProcess(config, folder / f"{name}.log")
+    """A server with these [jobs] settings on top of the test configuration."""
+    config = write_config(folder / f"{name}.toml", merged({**overrides, "jobs": job_settings}))
+    server = ServerProcess(config, folder / f"{name}.log")
     try:
         server.wait_ready()
     except BaseException:

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ..config import JobSettings
 from .models import Job, JobSpec, Status
-from .settings import JobSettings
 from .store import Claim, JobStore, Lease, QueueFull, Submitted
 
 

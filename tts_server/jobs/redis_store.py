@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..config import JobSettings
 from .models import Job, JobSpec, Status, decode_units, encode_units
-from .settings import JobSettings
 from .store import Claim, JobStore, Lease, QueueFull, StoreUnavailable, Submitted
 
 T = TypeVar("T")

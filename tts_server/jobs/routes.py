@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .. import keys
+from ..config import JobSettings
 from ..encoding import get_format
 from ..errors import (
     BadRequest,
@@ -32,7 +33,6 @@ from ..errors import (
 from ..gateway import IDENTITY
 from .models import Job, JobSpec
 from .ranges import ByteRange, RangeNotSatisfiable, parse_range
-from .settings import JobSettings
 from .store import JobStore, QueueFull, StoreUnavailable, Submitted
 from .submission import idempotency_key_hash, parse_submission, read_body
 

@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import JobSettings
 from ..errors import ServiceUnavailable, Unprocessable
 from ..keys import RunState
 from ..schema import SynthesisRequest
@@ -36,7 +37,6 @@ from ..synthesis import SynthesisTrace, Synthesizer
 from ..voices import VoiceRegistry
 from .models import Status
 from .result import MissingAudio, write_result
-from .settings import JobSettings
 from .store import Claim, JobStore, Lease, StoreUnavailable
 
 LOG = logging.getLogger("tts.jobs")

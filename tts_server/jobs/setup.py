@@ -1,6 +1,6 @@
 """Wiring of the job API into the app.
 
-install(app) registers the routes and one cleanup context, appended after the pools,
+setup_jobs(app) registers the routes and one cleanup context, appended after the pools,
 cache and gateway it uses: at startup it opens the store (Redis when the cache has one,
 else memory) and starts the runner and the webhook sender; at shutdown it stops them
 first, handing running jobs back to the queue.
@@ -14,20 +14,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .. import keys
+from ..config import JobSettings
 from .memory_store import MemoryJobStore
 from .redis_store import RedisJobStore
 from .routes import BASE_PATH, JOBS, JobsRuntime, add_routes
 from .runner import JobRunner
-from .settings import JobSettings, load_job_settings
 from .store import JobStore
 from .webhook import WebhookSender
 
 LOG = logging.getLogger("tts.jobs")
 
 
-def install(app: web.Application) -> None:
+def setup_jobs(app: web.Application) -> None:
     """Register the job routes and the runner's cleanup context (nothing if disabled)."""
-    settings = load_job_settings(app[keys.SETTINGS])
+    settings = app[keys.SETTINGS].jobs
     if not settings.enabled:
         return
     app[JOBS] = JobsRuntime(settings)

@@ -14,13 +14,12 @@ from aiohttp import web
 
 from inference.espeak_engine import detect_language
 
-from ..config import Settings
+from ..config import JobSettings, Settings
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ..schema import API_FORMATS, AUDIO_FORMATS, build_request, check_speed
 from ..text import has_speakable_content, normalize
 from ..voices import VoiceRegistry
 from .models import JobSpec
-from .settings import JobSettings
 from .webhook import check_callback_url
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255

@@ -22,9 +22,9 @@ from typing import Any
 
 import aiohttp
 
+from ..config import JobSettings
 from ..errors import BadRequest
 from .models import Job
-from .settings import JobSettings
 from .store import JobStore, StoreUnavailable
 
 LOG = logging.getLogger("tts.jobs.webhook")
