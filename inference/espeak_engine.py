@@ -58,6 +58,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .options import VoiceError
+from .text import detect_language
 
 LOG = logging.getLogger("tts.inference.espeak")
 
@@ -143,23 +144,6 @@ class _HasSpeed(Protocol):
 
 # --- language -------------------------------------------------------------------------
 
-# CJK Unified Ideographs and extensions A-H, compatibility ideographs, and 〇.
-_HAN = re.compile(
-    "[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f\U00030000-\U0003134f]"
-)
-
-
-def detect_language(text: str) -> Literal["zh", "en"]:
-    """"zh" if the text holds any Han ideograph, else "en".
-
-    Any, not a majority: Mandarin text routinely embeds Latin names ("欢迎收听由IndexTTS-2-LLM
-    生成的语音播报。" has about as many Latin letters as Han characters), and espeak-ng's
-    Mandarin voice reads Latin words as English, while the English voice cannot read Han at
-    all (it spells out code points). Digits and punctuation alone are "en".
-    """
-    return "zh" if _HAN.search(text) else "en"
-
-
 def select_voice(text: str, gender: Literal["male", "female"] = "male") -> EspeakVoiceInfo:
     """The catalog voice for the text's language (detect_language) and the gender."""
     try:
@@ -181,7 +165,7 @@ _SENTENCE_END = re.compile(
 _CLAUSE_BREAK = re.compile(r"[,;:，；：、]\s*|\s+")
 
 
-def clean_text(text: str) -> str:
+def strip_controls(text: str) -> str:
     """Control and format characters dropped (line breaks and tabs become spaces)."""
     out = []
     for ch in text:
@@ -212,7 +196,7 @@ def _split_long(piece: str, limit: int) -> list[str]:
 
 def split_sentences(text: str, limit: int = MAX_CHUNK_CHARS) -> list[str]:
     """Cleaned text in speakable pieces: sentences, long ones cut to at most `limit` chars."""
-    text = clean_text(text)
+    text = strip_controls(text)
     pieces, start = [], 0
     for match in _SENTENCE_END.finditer(text):
         pieces.append(text[start : match.end()])

@@ -3,7 +3,7 @@
 For each format, the same kind of three-sentence paragraphs are streamed one at a time
 (unique texts, cache off); the time from sending the request to the first byte of the
 body is the time to first audio the client sees. Encoding cost per audio second is
-`python -m tts_server.encoding --bench`.
+`python -m stress.bench_encoding --bench`.
 
     .venv/bin/python -m stress.bench_formats [--paragraphs 6]
 """

@@ -61,10 +61,10 @@ def direct_us_per_call(backend: str, calls: int = 20000) -> float:
     """identify + admit on a real Gateway object, no HTTP."""
     from aiohttp.test_utils import make_mocked_request
 
+    from tts_server.cache.redis_server import RedisProcess
     from tts_server.config import load_settings
     from tts_server.gateway import Gateway
-    from tts_server.ratelimit import RedisLimiter
-    from tts_server.redis_server import RedisProcess
+    from tts_server.gateway.ratelimit import RedisLimiter
 
     async def run() -> float:
         settings = load_settings(environ={"TTS_AUTH__TOKENS": TOKENS, **HIGH_LIMITS})

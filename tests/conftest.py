@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support import ServerProcess, free_port, merged, write_config
-from tts_server.redis_server import RedisProcess
+from tts_server.cache.redis_server import RedisProcess
 
 ServerFactory = Callable[..., ServerProcess]
 

@@ -12,25 +12,25 @@ from aiohttp import web
 
 from inference import protocol
 from inference.pool import InferencePool, PoolOptions
-
-from . import keys
-from .batching import BatchingPool
-from .breaker import BreakerPolicy, CircuitBreaker
-from .cache import AudioCache, MemoryLRU, RedisTier
-from .config import BatchingSettings, CacheSettings, ConfigError, Settings
-from .degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
-from .errors import TTSError
-from .gateway import Gateway
-from .handlers import setup_routes
-from .jobs import setup_jobs
-from .metrics import Metrics, StateCollector
-from .middlewares import MIDDLEWARES, add_request_headers
-from .ratelimit import RedisLimiter
-from .redis_server import RedisProcess, find_redis_server
-from .schema import parse_tts_request
-from .speech import SpeechService
-from .synthesis import Synthesizer
-from .voices import VoiceRegistry
+from tts_server import keys
+from tts_server.batching.pool import BatchingPool
+from tts_server.cache.redis_server import RedisProcess, find_redis_server
+from tts_server.cache.tiers import AudioCache, MemoryLRU, RedisTier
+from tts_server.config import BatchingSettings, CacheSettings, ConfigError, Settings
+from tts_server.errors import TTSError
+from tts_server.gateway import Gateway
+from tts_server.gateway.ratelimit import RedisLimiter
+from tts_server.http.middlewares import MIDDLEWARES, add_request_headers
+from tts_server.http.routes import setup_routes
+from tts_server.jobs import setup_jobs
+from tts_server.metrics import Metrics, StateCollector
+from tts_server.resilience.breaker import BreakerPolicy, CircuitBreaker
+from tts_server.resilience.degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
+from tts_server.resilience.state import RunState
+from tts_server.speech.request import parse_tts_request
+from tts_server.speech.service import SpeechService
+from tts_server.speech.synthesizer import Synthesizer
+from tts_server.speech.voices import VoiceRegistry
 
 LOG = logging.getLogger("tts.server")
 PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
@@ -159,7 +159,7 @@ async def cache_context(app: web.Application) -> AsyncIterator[None]:
     extra = {"noise_scale": app[keys.SETTINGS].synthesis.noise_scale,
              "noise_w_scale": app[keys.SETTINGS].synthesis.noise_w_scale}
     app[keys.SPEECH] = SpeechService(app[keys.SYNTHESIZER], cache, extra,
-                                     settings.cross_instance_wait_ms / 1000)
+                                     settings.cross_instance_wait_ms / 1000, settings.namespace)
     warmup = asyncio.get_running_loop().create_task(warm_up(app))
     yield
     warmup.cancel()
@@ -223,9 +223,7 @@ async def warm_up(app: web.Application) -> None:
     for text in settings.cache.warmup_texts:
         body = {"text": text, "voice": settings.cache.warmup_voice or None}
         try:
-            request = parse_tts_request(body, app[keys.REGISTRY], settings)
-            key = service.key_for(request, settings.cache.namespace)
-            speech = await service.speak(request, key)
+            speech = await service.speak(parse_tts_request(body, app[keys.REGISTRY], settings))
             async for _ in speech.chunks:
                 pass
         except TTSError as exc:
@@ -242,7 +240,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.REGISTRY] = VoiceRegistry.from_settings(
         settings.voices, espeak=settings.pool.espeak_workers > 0
     )
-    app[keys.RUN_STATE] = keys.RunState()
+    app[keys.RUN_STATE] = RunState()
     if settings.server.metrics:
         app[keys.METRICS] = Metrics()
         app[keys.METRICS].registry.register(StateCollector(app, keys))

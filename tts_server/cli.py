@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from inference.pool import PoolStartError
-
-from .auth import hash_token, new_token
-from .config import ConfigError, Settings, load_settings
+from tts_server.config import ConfigError, Settings, load_settings
+from tts_server.gateway.auth import hash_token, new_token
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print("config ok")
             return 0
-        from .server import run  # imported late: check-config needs no event loop
+        from tts_server.server import run  # imported late: check-config needs no event loop
 
         run(settings)
     except ConfigError as exc:

@@ -16,10 +16,9 @@ import uvloop
 from aiohttp import web
 
 from inference.logconfig import configure_logging
-
-from . import keys
-from .app import create_app
-from .config import ConfigError, Settings
+from tts_server import keys
+from tts_server.app import create_app
+from tts_server.config import ConfigError, Settings
 
 LOG = logging.getLogger("tts.server")
 FORCED_EXIT_CODE = 130

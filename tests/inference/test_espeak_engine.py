@@ -20,11 +20,11 @@ from inference.espeak_engine import (
     EspeakInputError,
     EspeakOptions,
     EspeakVoice,
-    detect_language,
     rate_for_speed,
     select_voice,
     split_sentences,
 )
+from inference.text import detect_language
 
 SR = 22_050
 ENGLISH = "The quick brown fox jumps over the lazy dog. It was a bright cold day in April."

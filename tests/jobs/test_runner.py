@@ -16,11 +16,11 @@ from typing import Any
 
 from tests.jobs.test_store import spec
 from tts_server.config import JobSettings
-from tts_server.jobs.memory_store import MemoryJobStore
 from tts_server.jobs.models import Status
 from tts_server.jobs.runner import JobRunner
-from tts_server.jobs.store import Claim, Lease
-from tts_server.keys import RunState
+from tts_server.jobs.stores.base import Claim, Lease
+from tts_server.jobs.stores.memory import MemoryJobStore
+from tts_server.resilience.state import RunState
 
 UNITS = 3
 PCM = b"\x01\x00" * 100

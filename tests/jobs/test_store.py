@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tts_server.config import JobSettings
-from tts_server.jobs.memory_store import MemoryJobStore
 from tts_server.jobs.models import JobSpec, Status
-from tts_server.jobs.redis_store import RedisJobStore
-from tts_server.jobs.store import JobStore, Lease, QueueFull
+from tts_server.jobs.stores.base import JobStore, Lease, QueueFull
+from tts_server.jobs.stores.memory import MemoryJobStore
+from tts_server.jobs.stores.redis import RedisJobStore
 
 StoreFactory = Callable[..., JobStore]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tts_server.batcher import (
+from tts_server.batching.batcher import (
     WAIT_EDGES_MS,
     BatcherClosed,
     BatchResultMismatch,

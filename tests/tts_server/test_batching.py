@@ -21,7 +21,7 @@ from tests.inference.test_pool_batch import SIMILAR as TEXTS
 from tests.inference.test_pool_batch import assert_same_audio
 from tests.support import decode_wav, plausible_duration
 from tts_server.app import batching_front
-from tts_server.batching import BatchingPool
+from tts_server.batching.pool import BatchingPool
 from tts_server.config import BatchingSettings
 
 LONG_TEXT = (

@@ -1,9 +1,9 @@
 """Circuit breaker and degradation ladder as state machines, with an injected clock."""
 
-from tts_server.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from tts_server.config import DegradationSettings
-from tts_server.degradation import DegradationLadder
-from tts_server.keys import RunState
+from tts_server.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from tts_server.resilience.degradation import DegradationLadder
+from tts_server.resilience.state import RunState
 
 
 class Clock:

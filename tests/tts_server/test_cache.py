@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from tts_server.cache import AudioCache, CachedAudio, MemoryLRU, RedisTier
+from tts_server.cache.tiers import AudioCache, CachedAudio, MemoryLRU, RedisTier
 from tts_server.config import load_settings
-from tts_server.schema import parse_tts_request
-from tts_server.speech import SpeechService
-from tts_server.voices import VoiceRegistry
+from tts_server.speech.request import parse_tts_request
+from tts_server.speech.service import SpeechService
+from tts_server.speech.voices import VoiceRegistry
 
 AUDIO = CachedAudio(22050, b"\x01\x00" * 1000)
 
@@ -147,7 +147,7 @@ def keyed(tmp_path_factory):
     service = SpeechService(synthesizer=None, cache=None, identity_extra={"noise_scale": None})
 
     def key(**body):
-        return service.key_for(parse_tts_request(body, registry, settings), "tts:v1")
+        return service.key_for(parse_tts_request(body, registry, settings))
 
     return key
 

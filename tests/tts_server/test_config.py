@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from tts_server.config import ConfigError, env_overrides, load_settings
-from tts_server.voices import VoiceRegistry
+from tts_server.speech.voices import VoiceRegistry
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.toml"
 

@@ -15,13 +15,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from tts_server.encoding import (
+from stress.bench_encoding import main
+from tts_server.encoding.encoders import encode_stream
+from tts_server.encoding.formats import (
     FORMATS,
     OPENAI_FORMATS,
-    encode_stream,
     encode_whole,
     get_format,
-    main,
     open_encoder,
 )
 

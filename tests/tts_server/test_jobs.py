@@ -25,10 +25,10 @@ import redis
 from aiohttp import web
 
 from tests.support import ServerProcess, free_port, merged, shm_segments_of, write_config
+from tts_server.cache.redis_server import RedisProcess
 from tts_server.config import JobSettings
 from tts_server.jobs.models import JobSpec
-from tts_server.jobs.redis_store import RedisJobStore
-from tts_server.redis_server import RedisProcess
+from tts_server.jobs.stores.redis import RedisJobStore
 
 SECRET = "webhook-secret"
 NS = "tts:jobs:v1"

@@ -4,10 +4,9 @@ import pytest
 
 from tts_server.config import load_settings
 from tts_server.errors import BadRequest
-from tts_server.handlers import decode_json
-from tts_server.memo import ParsedBodies
-from tts_server.schema import parse_tts_request
-from tts_server.voices import VoiceRegistry
+from tts_server.http.bodies import ParsedBodies, decode_json
+from tts_server.speech.request import parse_tts_request
+from tts_server.speech.voices import VoiceRegistry
 
 
 @pytest.fixture(scope="module")

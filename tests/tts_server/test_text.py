@@ -1,4 +1,4 @@
-from tts_server.text import normalize, split_sentences, split_units
+from tts_server.speech.text import normalize, split_sentences, split_units
 
 
 def test_normalize_applies_nfkc_and_strips_control_characters():

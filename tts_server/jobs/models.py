@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from ..encoding import get_format
+from tts_server.encoding.formats import get_format
 
 
 class Status(enum.StrEnum):

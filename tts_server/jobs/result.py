@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 
-from ..audio import wav_header
-from ..encoding import encode_in_executor, open_encoder
-from .store import Claim, JobStore, Lease
+from tts_server.encoding.encoders import encode_in_executor
+from tts_server.encoding.formats import get_format
+from tts_server.jobs.stores.base import Claim, JobStore, Lease
 
 WRITE_BYTES = 1 << 20
 
@@ -46,10 +46,10 @@ async def write_result(store: JobStore, claim: Claim, executor: Executor) -> Lea
     sizes = await store.unit_sizes(job.id, count)
     if any(size == 0 for size in sizes):
         raise MissingAudio(f"job {job.id}: {sizes.count(0)} sentences are missing")
-    raw = job.audio_format in ("wav", "pcm_native")
-    encoder = None if raw else open_encoder(job.audio_format, job.sample_rate)
+    fmt = get_format(job.audio_format)
+    encoder = None if fmt.inline else fmt.open(job.sample_rate)
     writer = ResultWriter(store, claim)
-    header = wav_header(job.sample_rate, sum(sizes)) if job.audio_format == "wav" else b""
+    header = fmt.inline_header(job.sample_rate, sum(sizes)) if fmt.inline else b""
     if await writer.add(header) is Lease.LOST:
         return Lease.LOST
     for index in range(count):

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .. import keys
-from ..config import JobSettings
-from ..encoding import get_format
-from ..errors import (
+from tts_server import keys
+from tts_server.config import JobSettings
+from tts_server.encoding.formats import get_format
+from tts_server.errors import (
     BadRequest,
     NotFound,
     ServiceUnavailable,
@@ -30,11 +30,12 @@ from ..errors import (
     TTSError,
     Unprocessable,
 )
-from ..gateway import IDENTITY
-from .models import Job, JobSpec
-from .ranges import ByteRange, RangeNotSatisfiable, parse_range
-from .store import JobStore, QueueFull, StoreUnavailable, Submitted
-from .submission import idempotency_key_hash, parse_submission, read_body
+from tts_server.gateway import IDENTITY
+from tts_server.http.bodies import decode_json, read_body
+from tts_server.jobs.models import Job, JobSpec
+from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
+from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
+from tts_server.jobs.submission import idempotency_key_hash, parse_submission
 
 BASE_PATH = "/api/tts/jobs"
 READ_BYTES = 1 << 20
@@ -135,7 +136,7 @@ async def submit_job(request: web.Request) -> web.Response:
     runtime, store = _runtime(request)
     owner = _owner(request)
     key_hash = idempotency_key_hash(request.headers.get("Idempotency-Key"))
-    body = await read_body(request, runtime.settings.max_body_bytes)
+    body = decode_json(await read_body(request, runtime.settings.max_body_bytes))
     app = request.app
     spec = parse_submission(body, owner, key_hash, app[keys.REGISTRY], app[keys.SETTINGS],
                             runtime.settings)

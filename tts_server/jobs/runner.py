@@ -29,15 +29,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import JobSettings
-from ..errors import ServiceUnavailable, Unprocessable
-from ..keys import RunState
-from ..schema import SynthesisRequest
-from ..synthesis import SynthesisTrace, Synthesizer
-from ..voices import VoiceRegistry
-from .models import Status
-from .result import MissingAudio, write_result
-from .store import Claim, JobStore, Lease, StoreUnavailable
+from tts_server.config import JobSettings
+from tts_server.encoding.formats import get_format
+from tts_server.errors import ServiceUnavailable, Unprocessable
+from tts_server.jobs.models import Status
+from tts_server.jobs.result import MissingAudio, write_result
+from tts_server.jobs.stores.base import Claim, JobStore, Lease, StoreUnavailable
+from tts_server.resilience.state import RunState
+from tts_server.speech.request import SynthesisRequest
+from tts_server.speech.synthesizer import SynthesisTrace, Synthesizer
+from tts_server.speech.voices import VoiceRegistry
 
 LOG = logging.getLogger("tts.jobs")
 JOB_PRIORITY = 2
@@ -122,9 +123,8 @@ class JobRunner:
     # ---- claiming -------------------------------------------------------------------------
 
     def _paused(self) -> bool:
-        level = self.settings.pause_at_degradation_level
         return (self._stopping or self.run_state.draining
-                or 0 < level <= self.run_state.degradation_level)
+                or self.run_state.pauses_jobs(self.settings.pause_at_degradation_level))
 
     async def _claim_loop(self) -> None:
         while True:
@@ -289,7 +289,8 @@ class JobRunner:
         if voice is None:
             raise Unprocessable(f"voice {job.voice} is no longer available", code="unknown_voice")
         return SynthesisRequest(text="", units=tuple(claim.units), voice=voice, speed=job.speed,
-                                speaker_id=job.speaker_id, audio_format=job.audio_format,
+                                speaker_id=job.speaker_id,
+                                audio_format=get_format(job.audio_format),
                                 stream=False)
 
     async def _synthesize(self, running: RunningJob) -> Lease:
@@ -311,8 +312,8 @@ class JobRunner:
         return Lease.OK
 
     async def _wait_while_paused(self, running: RunningJob) -> None:
-        level = self.settings.pause_at_degradation_level
-        while 0 < level <= self.run_state.degradation_level and not running.cancel_requested:
+        pause_at = self.settings.pause_at_degradation_level
+        while self.run_state.pauses_jobs(pause_at) and not running.cancel_requested:
             await asyncio.sleep(self.settings.poll_interval_s)
 
     async def _batch(self, claim: Claim, request: SynthesisRequest, indices: list[int]) -> Lease:

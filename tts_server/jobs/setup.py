@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .. import keys
-from ..config import JobSettings
-from .memory_store import MemoryJobStore
-from .redis_store import RedisJobStore
-from .routes import BASE_PATH, JOBS, JobsRuntime, add_routes
-from .runner import JobRunner
-from .store import JobStore
-from .webhook import WebhookSender
+from tts_server import keys
+from tts_server.config import JobSettings
+from tts_server.jobs.routes import BASE_PATH, JOBS, JobsRuntime, add_routes
+from tts_server.jobs.runner import JobRunner
+from tts_server.jobs.stores.base import JobStore
+from tts_server.jobs.stores.memory import MemoryJobStore
+from tts_server.jobs.stores.redis import RedisJobStore
+from tts_server.jobs.webhook import WebhookSender
 
 LOG = logging.getLogger("tts.jobs")
 

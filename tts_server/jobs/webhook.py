@@ -22,10 +22,10 @@ from typing import Any
 
 import aiohttp
 
-from ..config import JobSettings
-from ..errors import BadRequest
-from .models import Job
-from .store import JobStore, StoreUnavailable
+from tts_server.config import JobSettings
+from tts_server.errors import BadRequest
+from tts_server.jobs.models import Job
+from tts_server.jobs.stores.base import JobStore, StoreUnavailable
 
 LOG = logging.getLogger("tts.jobs.webhook")
 SIGNATURE_HEADER = "X-TTS-Signature"

@@ -1,13 +1,16 @@
-"""Text front-end: normalize, then cut into sentence units no longer than a configured length.
+"""Text front-end: normalize, then cut into speakable sentence units of a bounded length.
 
 Units are what the pool schedules: one long text runs on several workers at once and
-its audio is reassembled in order.
+its audio is reassembled in order. A piece with nothing to say ("...", "—", "。") never
+becomes a unit: it would synthesize to no audio at all.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+
+from inference.text import is_speakable
 
 # Sentence ends: Latin and CJK terminators, with closing quotes/brackets kept on the left.
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？；])[\"'”’)\]」』]*\s+|(?<=[。！？；])|\n\s*\n|\n")
@@ -83,7 +86,7 @@ def _is_cjk(ch: str) -> bool:
 
 
 def split_units(text: str, max_chunk_chars: int) -> list[str]:
-    """Normalized text -> sentence units of at most max_chunk_chars characters."""
+    """Normalized text -> speakable sentence units of at most max_chunk_chars characters."""
     units: list[str] = []
     for sentence in split_sentences(text):
         if len(sentence) <= max_chunk_chars:
@@ -91,8 +94,4 @@ def split_units(text: str, max_chunk_chars: int) -> list[str]:
             continue
         clauses = [c for c in _CLAUSE_END.split(sentence) if c.strip()]
         units.extend(_pack(clauses, max_chunk_chars))
-    return units
-
-
-def has_speakable_content(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
+    return [unit for unit in units if is_speakable(unit)]

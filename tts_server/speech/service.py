@@ -1,4 +1,8 @@
-"""Cache lookup and single-flight around the synthesizer: what the handlers call.
+"""The speech layer's one entry point: route, key, cache lookup, admission, single flight.
+
+`SpeechService.speak(request, admission)` is what every front (HTTP, OpenAI, warm-up)
+calls: the breaker and the degradation ladder pick the engine, the cache answers if it
+can, and otherwise the request is admitted and flown.
 
 Identical requests that arrive while one is being synthesized follow the same flight:
 each follower gets every chunk as it is produced (so a coalesced stream still streams).
@@ -15,10 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import AudioCache, CachedAudio, cache_key
-from .errors import ServiceUnavailable
-from .schema import SynthesisRequest
-from .synthesis import Admission, SynthesisTrace, Synthesizer
+from tts_server.cache.tiers import AudioCache, CachedAudio, cache_key
+from tts_server.errors import ServiceUnavailable
+from tts_server.speech.request import SynthesisRequest
+from tts_server.speech.synthesizer import Admission, SynthesisTrace, Synthesizer
 
 LOG = logging.getLogger("tts.speech")
 PEER_POLL_S = 0.05
@@ -76,6 +80,8 @@ class Flight:
 class Speech:
     """The audio for one request: where it comes from, and its chunks in order."""
 
+    # The request as routed: its voice is the one that speaks (maybe the fallback).
+    request: SynthesisRequest
     sample_rate: int
     chunks: AsyncIterator[bytes]
     trace: SynthesisTrace
@@ -101,8 +107,10 @@ class SpeechService:
         cache: AudioCache | None,
         identity_extra: dict[str, Any],
         cross_instance_wait_s: float = 0.0,
+        namespace: str = "tts:v1",
     ) -> None:
         self.synthesizer = synthesizer
+        self.namespace = namespace
         self.cache = cache
         self.identity_extra = identity_extra
         self.cross_instance_wait_s = cross_instance_wait_s
@@ -111,9 +119,9 @@ class SpeechService:
         # key is a pure function of these fields, so recent ones are remembered.
         self._key = functools.lru_cache(maxsize=KEY_MEMO_ENTRIES)(self._compute_key)
 
-    def key_for(self, request: SynthesisRequest, namespace: str) -> str:
+    def key_for(self, request: SynthesisRequest) -> str:
         voice = request.voice
-        return self._key(namespace, request.text, voice.name, voice.model_id, voice.engine,
+        return self._key(self.namespace, request.text, voice.name, voice.model_id, voice.engine,
                          request.speed, request.speaker_id, voice.sample_rate)
 
     def _compute_key(
@@ -132,27 +140,30 @@ class SpeechService:
         }
         return cache_key(namespace, identity)
 
-    async def speak(
-        self, request: SynthesisRequest, key: str, admission: Admission | None = None
-    ) -> Speech:
+    async def speak(self, request: SynthesisRequest, admission: Admission | None = None
+                    ) -> Speech:
         """A hit, a seat on a flight already in the air, or (if admitted) a new flight."""
         admission = admission or Admission()
+        level = admission.level
+        request = self.synthesizer.route(request, level.prefers_fallback(admission.priority))
+        key = self.key_for(request)
         rate = request.voice.sample_rate
         if self.cache is not None:
             audio, status = await self.cache.lookup(key)
             if audio is not None:
-                return Speech(audio.sample_rate, _one_chunk(audio.pcm), SynthesisTrace(), status)
+                return Speech(request, audio.sample_rate, _one_chunk(audio.pcm),
+                              SynthesisTrace(), status)
         flight = self._flights.get(key)
         if flight is not None:
             if self.cache is not None:
                 self.cache.coalesced += 1
-            return Speech(rate, flight.follow(), flight.trace, "coalesced", flight)
-        if admission.shed:
+            return Speech(request, rate, flight.follow(), flight.trace, "coalesced", flight)
+        if level.sheds(admission.priority):
             raise ServiceUnavailable("shedding load: only cached audio is served now",
                                      code="shedding", retry_after_s=self.synthesizer.retry_after_s)
         self.synthesizer.admit(request, admission)
         flight = self._start_flight(request, key, admission.priority)
-        return Speech(rate, flight.follow(), flight.trace, "miss", flight)
+        return Speech(request, rate, flight.follow(), flight.trace, "miss", flight)
 
     def _start_flight(self, request: SynthesisRequest, key: str, priority: int) -> Flight:
         flight = Flight(key, request.voice.sample_rate)

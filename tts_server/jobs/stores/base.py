@@ -20,7 +20,7 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from .models import Job, JobSpec, Status
+from tts_server.jobs.models import Job, JobSpec, Status
 
 
 class Lease(enum.Enum):

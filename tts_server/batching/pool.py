@@ -34,9 +34,8 @@ from dataclasses import dataclass
 
 from inference import protocol
 from inference.pool import InferencePool, PoolClosed, UnitRejected, UnitResult
-
-from .batcher import MicroBatcher
-from .config import BatchingSettings
+from tts_server.batching.batcher import MicroBatcher
+from tts_server.config import BatchingSettings
 
 # Costs fed to the batcher are seconds per item of this many characters.
 COST_UNIT_CHARS = 100

@@ -25,9 +25,16 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..config import JobSettings
-from .models import Job, JobSpec, Status, decode_units, encode_units
-from .store import Claim, JobStore, Lease, QueueFull, StoreUnavailable, Submitted
+from tts_server.config import JobSettings
+from tts_server.jobs.models import Job, JobSpec, Status, decode_units, encode_units
+from tts_server.jobs.stores.base import (
+    Claim,
+    JobStore,
+    Lease,
+    QueueFull,
+    StoreUnavailable,
+    Submitted,
+)
 
 T = TypeVar("T")
 JOB_FIELDS = [name for name in Job.__dataclass_fields__]

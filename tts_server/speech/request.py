@@ -1,16 +1,20 @@
-"""Validation of synthesis request bodies (ours and OpenAI's) into one SynthesisRequest."""
+"""Validation of synthesis request bodies into one SynthesisRequest.
+
+The field checks here are shared by /api/tts, /v1/audio/speech (tts_server/http/openai.py)
+and the job API (tts_server/jobs/submission.py): each route differs only in its own fields.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from inference.espeak_engine import detect_language
-
-from .config import Settings
-from .errors import BadRequest, PayloadTooLarge, TTSError, Unprocessable
-from .text import has_speakable_content, normalize, split_units
-from .voices import VoiceInfo, VoiceRegistry
+from inference.text import detect_language, is_speakable
+from tts_server.config import Settings
+from tts_server.encoding.formats import AudioFormat, get_format
+from tts_server.errors import BadRequest, PayloadTooLarge, TTSError, Unprocessable
+from tts_server.speech.text import normalize, split_units
+from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 # /api/tts "format" -> encoding format; our "pcm" stays at the voice's own rate.
 API_FORMATS = {
@@ -26,25 +30,37 @@ class SynthesisRequest:
     voice: VoiceInfo
     speed: float
     speaker_id: int | None
-    # A name from encoding.FORMATS.
-    audio_format: str
+    audio_format: AudioFormat
     stream: bool
 
 
-def clean_text(text: Any, field: str, settings: Settings) -> str:
-    """Type, length and emptiness checks, then normalization."""
+def clean_text(text: Any, field: str, limit: int) -> str:
+    """Type, length and emptiness checks, then normalization.
+
+    The limit holds before and after NFKC: one character can grow into eighteen."""
     if text is None:
         raise BadRequest(f"field '{field}' is required", code="missing_text", param=field)
     if not isinstance(text, str):
         raise BadRequest(f"field '{field}' must be a string", code="invalid_text", param=field)
-    limit = settings.text.max_text_chars
-    if len(text) > limit:
-        raise PayloadTooLarge(f"text has {len(text)} characters; the limit is {limit}",
-                              code="text_too_long", param=field)
+    _check_length(len(text), field, limit)
     text = normalize(text)
-    if not text or not has_speakable_content(text):
+    _check_length(len(text), field, limit)
+    if not text or not is_speakable(text):
         raise BadRequest(f"field '{field}' is empty", code="empty_text", param=field)
     return text
+
+
+def _check_length(chars: int, field: str, limit: int) -> None:
+    if chars > limit:
+        raise PayloadTooLarge(f"text has {chars} characters; the limit is {limit}",
+                              code="text_too_long", param=field)
+
+
+def parse_format(value: Any, field: str, choices: tuple[str, ...], code: str) -> str:
+    """One of `choices`; anything else (a list, an object, an unknown name) is 400."""
+    if not isinstance(value, str) or value not in choices:
+        raise BadRequest(f"{field} must be one of {', '.join(choices)}", code=code, param=field)
+    return value
 
 
 def check_speed(speed: Any, settings: Settings, error: type[TTSError] = Unprocessable) -> float:
@@ -58,7 +74,8 @@ def check_speed(speed: Any, settings: Settings, error: type[TTSError] = Unproces
 
 
 def build_request(
-    text: str, voice: VoiceInfo, speed: float, speaker: Any, audio_format: str, stream: bool,
+    text: str, voice: VoiceInfo, speed: float, speaker: Any, audio_format: AudioFormat,
+    stream: bool,
     settings: Settings,
 ) -> SynthesisRequest:
     return SynthesisRequest(
@@ -78,15 +95,14 @@ def parse_tts_request(
     """The body of POST /api/tts."""
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="invalid_body")
-    text = clean_text(body.get("text"), "text", settings)
+    text = clean_text(body.get("text"), "text", settings.text.max_text_chars)
     voice = registry.route(body.get("voice"), detect_language(text))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false", code="invalid_stream", param="stream")
-    audio_format = body.get("format", "wav")
-    if audio_format not in API_FORMATS:
-        raise BadRequest(f"format must be one of {', '.join(AUDIO_FORMATS)}",
-                         code="invalid_format", param="format")
+    audio_format = parse_format(body.get("format", "wav"), "format", AUDIO_FORMATS,
+                                "invalid_format")
     speed = check_speed(body.get("speed", 1.0), settings)
-    return build_request(text, voice, speed, body.get("speaker"), API_FORMATS[audio_format],
+    return build_request(text, voice, speed, body.get("speaker"),
+                         get_format(API_FORMATS[audio_format]),
                          stream, settings)

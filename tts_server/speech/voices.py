@@ -19,9 +19,8 @@ from inference.espeak_engine import SAMPLE_RATE as ESPEAK_SAMPLE_RATE
 from inference.espeak_engine import VOICES as ESPEAK_VOICES
 from inference.protocol import VoiceFiles
 from inference.voice import read_voice_config
-
-from .config import ConfigError, VoiceSettings
-from .errors import BadRequest, Unprocessable
+from tts_server.config import ConfigError, VoiceSettings
+from tts_server.errors import BadRequest, Unprocessable
 
 LOG = logging.getLogger("tts.voices")
 BUILTIN_VOICE = "joe"

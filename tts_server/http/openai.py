@@ -10,15 +10,21 @@ from typing import Any
 
 from aiohttp import web
 
-from inference.espeak_engine import detect_language
+from inference.text import detect_language
+from tts_server import keys
+from tts_server.config import OpenAISettings, Settings
+from tts_server.encoding.formats import OPENAI_FORMATS, get_format
+from tts_server.errors import BadRequest, TTSError
+from tts_server.speech.request import (
+    SynthesisRequest,
+    build_request,
+    check_speed,
+    clean_text,
+    parse_format,
+)
+from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
-from . import keys
-from .config import OpenAISettings, Settings
-from .encoding import OPENAI_FORMATS
-from .errors import BadRequest, TTSError
-from .schema import SynthesisRequest, build_request, check_speed, clean_text
-from .voices import VoiceInfo, VoiceRegistry
-
+STREAM_FORMATS = ("audio", "sse")
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
@@ -67,21 +73,17 @@ def parse_speech_request(
     if not isinstance(body, dict):
         raise BadRequest("the JSON body must be an object", code="invalid_body")
     model, voice_name = _string(body, "model"), _string(body, "voice")
-    text = clean_text(body.get("input"), "input", settings)
-    audio_format = body.get("response_format", "mp3")
-    if audio_format not in OPENAI_FORMATS:
-        raise BadRequest(f"response_format must be one of {', '.join(OPENAI_FORMATS)}",
-                         code="invalid_response_format", param="response_format")
-    stream_format = body.get("stream_format", "audio")
-    if stream_format not in ("audio", "sse"):
-        raise BadRequest("stream_format must be audio or sse", code="invalid_stream_format",
-                         param="stream_format")
+    text = clean_text(body.get("input"), "input", settings.text.max_text_chars)
+    audio_format = parse_format(body.get("response_format", "mp3"), "response_format",
+                                OPENAI_FORMATS, "invalid_response_format")
+    stream_format = parse_format(body.get("stream_format", "audio"), "stream_format",
+                                 STREAM_FORMATS, "invalid_stream_format")
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise BadRequest("instructions must be a string", code="invalid_instructions",
                          param="instructions")
     speed = check_speed(body.get("speed", 1.0), settings, error=BadRequest)
     voice = resolve_voice(model, voice_name, text, settings.openai, registry)
-    request = build_request(text, voice, speed, None, audio_format, True, settings)
+    request = build_request(text, voice, speed, None, get_format(audio_format), True, settings)
     return request, stream_format == "sse"
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import keys
-from .gateway import IDENTITY
-from .metrics import Metrics
-from .synthesis import SynthesisTrace
+from tts_server import keys
+from tts_server.gateway import IDENTITY
+from tts_server.metrics import Metrics
+from tts_server.speech.synthesizer import SynthesisTrace
 
 ACCESS_LOG = logging.getLogger("tts.access")
 REQUEST_INFO = "request_info"

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ..config import JobSettings
-from .models import Job, JobSpec, Status
-from .store import Claim, JobStore, Lease, QueueFull, Submitted
+from tts_server.config import JobSettings
+from tts_server.jobs.models import Job, JobSpec, Status
+from tts_server.jobs.stores.base import Claim, JobStore, Lease, QueueFull, Submitted
 
 
 @dataclass

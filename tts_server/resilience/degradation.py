@@ -18,11 +18,10 @@ from pathlib import Path
 
 import psutil
 
-from .config import DegradationSettings
-from .keys import RunState
+from tts_server.config import DegradationSettings
+from tts_server.resilience.state import Level, RunState
 
 LOG = logging.getLogger("tts.degradation")
-MAX_LEVEL = 3
 
 
 def system_cpu_reader() -> Callable[[], float]:
@@ -62,7 +61,7 @@ class DegradationLadder:
         recent = [cpu for at, cpu in self._samples if now - at <= seconds]
         return sum(recent) / len(recent) if recent else None
 
-    def observe(self, cpu_percent: float) -> int:
+    def observe(self, cpu_percent: float) -> Level:
         """Record one reading; step at most one level; return the level."""
         now = self.clock()
         self._samples.append((now, cpu_percent))
@@ -79,16 +78,16 @@ class DegradationLadder:
         step_down = settled_for >= self.settings.down_window_s and low is not None and (
             low < self.settings.down_cpu_percent
         )
-        if step_up and level < MAX_LEVEL:
+        if step_up and level < max(Level):
             self._set(level + 1, now, high)
-        elif step_down and level > 0:
+        elif step_down and level > Level.NORMAL:
             self._set(level - 1, now, low)
         return self.state.degradation_level
 
     def _set(self, level: int, now: float, cpu: float) -> None:
         LOG.warning("degradation level %d -> %d (CPU %.0f%%)",
                     self.state.degradation_level, level, cpu)
-        self.state.degradation_level = level
+        self.state.degradation_level = Level(level)
         self._changed_at = now
 
     def reading(self) -> float:

@@ -14,20 +14,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import keys
-from .audio import WAV_HEADER_BYTES, duration_s, wav_header
-from .encoding import (
+from tts_server import keys
+from tts_server.encoding.encoders import (
     StreamEncoder,
     encode_stream,
-    encode_whole,
-    get_format,
-    open_encoder,
-    output_rate,
 )
-from .observe import REQUEST_INFO, RequestInfo
-from .schema import SynthesisRequest
-from .speech import Speech
-from .synthesis import SynthesisTrace
+from tts_server.encoding.wav import duration_s
+from tts_server.http.observe import REQUEST_INFO, RequestInfo
+from tts_server.speech.request import SynthesisRequest
+from tts_server.speech.service import Speech
+from tts_server.speech.synthesizer import SynthesisTrace
 
 
 def server_timing(trace: SynthesisTrace) -> str:
@@ -38,19 +34,15 @@ def server_timing(trace: SynthesisTrace) -> str:
     )
 
 
-def audio_headers(req: SynthesisRequest, speech: Speech, output_rate: int) -> dict[str, str]:
+def audio_headers(synthesis: SynthesisRequest, speech: Speech, output_rate: int) -> dict[str, str]:
     return {
-        "Content-Type": get_format(req.audio_format).content_type,
+        "Content-Type": synthesis.audio_format.content_type,
         "X-Sample-Rate": str(output_rate),
-        "X-Voice": req.voice.name,
-        "X-Engine": speech.trace.engine or req.voice.engine,
+        "X-Voice": synthesis.voice.name,
+        "X-Engine": speech.trace.engine or synthesis.voice.engine,
         "X-Cache": speech.cache_status,
         "Server-Timing": server_timing(speech.trace),
     }
-
-
-# Formats whose whole-file "encoding" is a header and a copy: cheaper than a thread hop.
-INLINE_FORMATS = frozenset({"wav", "pcm_native"})
 
 
 class TimedEncoder:
@@ -79,9 +71,9 @@ class TimedEncoder:
 class AudioResponder:
     """Writes one request's audio and records what the access log and metrics report."""
 
-    def __init__(self, request: web.Request, req: SynthesisRequest, speech: Speech) -> None:
+    def __init__(self, request: web.Request, speech: Speech) -> None:
         self.request = request
-        self.req = req
+        self.synthesis = speech.request
         self.speech = speech
         self.executor = request.app[keys.ENCODERS]
         self.metrics = request.app.get(keys.METRICS)
@@ -93,45 +85,45 @@ class AudioResponder:
     async def _pcm(self) -> AsyncIterator[bytes]:
         async for chunk in self.speech.chunks:
             self.info.audio_bytes += len(chunk)
-            self.info.engine = self.speech.trace.engine or self.req.voice.engine
+            self.info.engine = self.speech.trace.engine or self.synthesis.voice.engine
             self.info.cache = self.speech.cache_status
             yield chunk
 
     def _observe_encoding(self, seconds: float) -> None:
         if self.metrics is not None:
-            histogram = self.metrics.child(self.metrics.encoding_seconds, self.req.audio_format)
-            histogram.observe(seconds)
+            label = self.synthesis.audio_format.name
+            self.metrics.child(self.metrics.encoding_seconds, label).observe(seconds)
 
     async def whole(self) -> web.StreamResponse:
         pcm = b"".join([chunk async for chunk in self._pcm()])
-        if self.req.audio_format == "wav":
-            return await self._whole_wav(pcm)
+        fmt, rate = self.synthesis.audio_format, self.speech.sample_rate
+        if fmt.inline:
+            return await self._whole_inline(pcm)
         started = time.perf_counter()
-        if self.req.audio_format in INLINE_FORMATS:  # a header at most: no thread hop
-            body = encode_whole(self.req.audio_format, pcm, self.speech.sample_rate)
-        else:
-            body = await asyncio.get_running_loop().run_in_executor(
-                self.executor, encode_whole, self.req.audio_format, pcm, self.speech.sample_rate
-            )
+        body = await asyncio.get_running_loop().run_in_executor(
+            self.executor, fmt.encode_whole, pcm, rate
+        )
         self._observe_encoding(time.perf_counter() - started)
         return web.Response(body=body, headers=self._whole_headers(len(pcm)))
 
-    async def _whole_wav(self, pcm: bytes) -> web.StreamResponse:
+    async def _whole_inline(self, pcm: bytes) -> web.StreamResponse:
         """Header and samples written as they are: joining them would copy the whole audio
         (most of the cost of an L1 hit), while the cached samples go out untouched."""
         pcm = pcm[: len(pcm) - len(pcm) % 2]
+        header = self.synthesis.audio_format.inline_header(self.speech.sample_rate, len(pcm))
         self._observe_encoding(0.0)
         response = web.StreamResponse(headers=self._whole_headers(len(pcm)))
-        response.content_length = WAV_HEADER_BYTES + len(pcm)
+        response.content_length = len(header) + len(pcm)
         await response.prepare(self.request)
-        await response.write(wav_header(self.speech.sample_rate, len(pcm)))
+        if header:
+            await response.write(header)
         await response.write(pcm)
         await response.write_eof()
         return response
 
     def _whole_headers(self, pcm_bytes: int) -> dict[str, str]:
-        rate = output_rate(self.req.audio_format, self.speech.sample_rate)
-        headers = audio_headers(self.req, self.speech, rate)
+        rate = self.synthesis.audio_format.output_rate(self.speech.sample_rate)
+        headers = audio_headers(self.synthesis, self.speech, rate)
         headers["X-Audio-Duration"] = f"{duration_s(pcm_bytes, self.speech.sample_rate):.3f}"
         return headers
 
@@ -150,11 +142,11 @@ class AudioResponder:
 
     async def streamed(self) -> web.StreamResponse:
         """Chunked audio from one continuous encoder; headers leave with the first bytes."""
-        encoder = TimedEncoder(open_encoder(self.req.audio_format, self.speech.sample_rate))
+        encoder = TimedEncoder(self.synthesis.audio_format.open(self.speech.sample_rate))
         response: web.StreamResponse | None = None
         async for data in self._encoded(encoder):
             if response is None:
-                headers = audio_headers(self.req, self.speech, encoder.output_rate)
+                headers = audio_headers(self.synthesis, self.speech, encoder.output_rate)
                 response = await self._start(headers, chunked=True)
             await response.write(data)
         assert response is not None  # an encoder always emits at least its final bytes
@@ -163,17 +155,17 @@ class AudioResponder:
 
     async def sse(self) -> web.StreamResponse:
         """OpenAI's stream_format "sse": speech.audio.delta events, then speech.audio.done."""
-        encoder = TimedEncoder(open_encoder(self.req.audio_format, self.speech.sample_rate))
+        encoder = TimedEncoder(self.synthesis.audio_format.open(self.speech.sample_rate))
         response: web.StreamResponse | None = None
         async for data in self._encoded(encoder):
             if response is None:
-                headers = audio_headers(self.req, self.speech, encoder.output_rate)
+                headers = audio_headers(self.synthesis, self.speech, encoder.output_rate)
                 headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                 response = await self._start(headers, chunked=False)
             delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
             await response.write(sse_event(delta))
         assert response is not None
-        characters = len(self.req.text)
+        characters = len(self.synthesis.text)
         usage = {"input_tokens": characters, "output_tokens": 0, "total_tokens": characters}
         await response.write(sse_event({"type": "speech.audio.done", "usage": usage}))
         await response.write_eof()

@@ -10,18 +10,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import keys
-from .errors import ServiceUnavailable, TTSError
-from .gateway import (
-    API_PREFIXES,
-    IDENTITY,
-    METRICS_PATH,
-    PROBE_PATHS,
-    RATE_DECISION,
-    ratelimit_headers,
-)
-from .observe import ERROR_CODE, observe_middleware
-from .openai_api import openai_error_body
+from tts_server import keys
+from tts_server.errors import ServiceUnavailable, TTSError
+from tts_server.gateway import IDENTITY, RATE_DECISION, ratelimit_headers
+from tts_server.http.observe import ERROR_CODE, observe_middleware
+from tts_server.http.openai import openai_error_body
+from tts_server.http.routes import API_PREFIXES, METRICS_PATH, PROBE_PATHS
 
 LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

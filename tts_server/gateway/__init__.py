@@ -12,17 +12,20 @@ import math
 
 from aiohttp import web
 
-from .auth import ClientAddress, Identity, TokenStore, bearer_token, is_loopback
-from .config import Settings, TierSettings
-from .errors import Forbidden, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unauthorized
-from .ratelimit import Decision, LocalLimiter, Rate, RedisLimiter
+from tts_server.config import Settings, TierSettings
+from tts_server.errors import (
+    Forbidden,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from tts_server.gateway.auth import ClientAddress, Identity, TokenStore, bearer_token, is_loopback
+from tts_server.gateway.ratelimit import Decision, LocalLimiter, Rate, RedisLimiter
 
 LOG = logging.getLogger("tts.gateway")
 IDENTITY = "identity"
 RATE_DECISION = "rate_decision"
-API_PREFIXES = ("/api/", "/v1/")
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
-METRICS_PATH = "/metrics"
 
 
 class Gateway:

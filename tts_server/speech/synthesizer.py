@@ -29,12 +29,12 @@ from inference.pool import (
     UnitResult,
     WorkerCrashed,
 )
-
-from .batching import BatchingPool
-from .breaker import CircuitBreaker
-from .errors import ServiceUnavailable, Unprocessable
-from .schema import SynthesisRequest
-from .voices import VoiceInfo, VoiceRegistry
+from tts_server.batching.pool import BatchingPool
+from tts_server.errors import ServiceUnavailable, Unprocessable
+from tts_server.resilience.breaker import CircuitBreaker
+from tts_server.resilience.state import Level
+from tts_server.speech.request import SynthesisRequest
+from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
 # engine, queue ms, synthesis ms, samples, sample rate, characters: called per unit.
@@ -51,8 +51,8 @@ class Admission:
 
     priority: int = 1
     deadline_s: float = 30.0
-    # The degradation ladder sheds this request's tier: only cached audio is served.
-    shed: bool = False
+    # The degradation ladder's level when the request arrived (Level says what it does).
+    level: Level = Level.NORMAL
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Synthesizer:
     def __init__(
         self,
         # An engine's pool, or for Piper with batching on the batcher in front of it
-        # (tts_server/batching.py: the same submit/estimated_wait_s/new_request_key).
+        # (batching/pool.py: the same submit/estimated_wait_s/new_request_key).
         pools: Mapping[str, InferencePool | BatchingPool],
         registry: VoiceRegistry,
         breakers: dict[str, CircuitBreaker],
@@ -97,8 +97,6 @@ class Synthesizer:
         self.request_timeout_s = request_timeout_s
         self.retry_after_s = retry_after_s
 
-    # ---- before the cache: which engine --------------------------------------------------
-
     def route(self, request: SynthesisRequest, prefer_fallback: bool = False) -> SynthesisRequest:
         """An open breaker (or the degradation ladder) sends the voice to its fallback."""
         fallback = self.registry.fallback_for(request.voice)
@@ -109,8 +107,6 @@ class Synthesizer:
             return dataclasses.replace(request, voice=fallback)
         return request
 
-    # ---- at the door: admission ----------------------------------------------------------
-
     def admit(self, request: SynthesisRequest, admission: Admission) -> None:
         """Refuse now (503 + Retry-After) what would miss its deadline in the queue."""
         pool = self.pools[request.voice.engine]
@@ -120,8 +116,6 @@ class Synthesizer:
             raise ServiceUnavailable(
                 f"busy: estimated {wait_s:.1f}s exceeds the {admission.deadline_s:g}s deadline",
                 code="would_miss_deadline", retry_after_s=retry)
-
-    # ---- synthesis -----------------------------------------------------------------------
 
     def _submit(
         self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int

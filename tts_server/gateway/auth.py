@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import AuthSettings, ConfigError, TokenSettings, coerce
+from tts_server.config import AuthSettings, ConfigError, TokenSettings, coerce
 
 LOG = logging.getLogger("tts.auth")
 

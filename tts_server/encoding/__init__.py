@@ -1,0 +1,1 @@
+"""Audio formats and their streaming encoders."""

@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, handlers, request bodies, middlewares and audio responses."""

@@ -1,0 +1,32 @@
+"""The route table, and the paths other layers need to know (probes, metrics, API prefixes)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tts_server import keys
+from tts_server.http import api, probes
+from tts_server.http.bodies import PARSED_BODIES, ParsedBodies
+from tts_server.http.openai import list_models, list_voices
+
+API_PREFIXES = ("/api/", "/v1/")
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
+
+
+def setup_routes(app: web.Application) -> None:
+    cache = app[keys.SETTINGS].cache
+    app[PARSED_BODIES] = ParsedBodies(cache.parsed_bodies, cache.parsed_body_max_bytes)
+    if keys.METRICS in app:
+        app.router.add_get(METRICS_PATH, probes.metrics)
+    app.router.add_get("/", probes.index)
+    app.router.add_get("/ui/status", probes.ui_status)
+    app.router.add_static("/static/", probes.STATIC_DIR)
+    app.router.add_post("/api/tts", api.tts)
+    app.router.add_get("/api/voices", api.voices)
+    app.router.add_get("/api/cache/stats", api.cache_stats)
+    app.router.add_post("/v1/audio/speech", api.openai_speech)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/audio/voices", list_voices)
+    app.router.add_get("/healthz", probes.healthz)
+    app.router.add_get("/readyz", probes.readyz)

@@ -1,0 +1,1 @@
+"""Job stores: the contract (base), in memory, and in Redis."""

@@ -1,0 +1,1 @@
+"""Staying up under faults and load: circuit breakers, the degradation ladder, run state."""

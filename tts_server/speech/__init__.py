@@ -1,0 +1,1 @@
+"""A request's text turned into audio: parsing, text, voices, cache and flights, synthesis."""
