@@ -113,13 +113,21 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 _NOT_HAN_OR_ALNUM = re.compile(r"[^\w]|_", re.UNICODE)
 
 
-def normalize_zh(text: str) -> str:
-    """Simplified characters only, digits read as numerals, no punctuation or spaces."""
+@lru_cache(maxsize=1)
+def _zhconv():
+    """zhconv with its dictionary loaded by path: its default loader leaves the file open
+    (a ResourceWarning, an error under the test suite's warning filter)."""
     import zhconv
 
+    zhconv.loaddict(str(Path(zhconv.__file__).with_name("zhcdict.json")))
+    return zhconv
+
+
+def normalize_zh(text: str) -> str:
+    """Simplified characters only, digits read as numerals, no punctuation or spaces."""
     from .mandarin.frontend import normalize as read_numbers
 
-    text = read_numbers(zhconv.convert(text, "zh-cn"))
+    text = read_numbers(_zhconv().convert(text, "zh-cn"))
     return _NOT_HAN_OR_ALNUM.sub("", text).lower()
 
 

@@ -114,7 +114,8 @@ def load_built(folder: Path, digests: dict[str, str]) -> BuiltModel:
     if manifest.get("recipe_version") != RECIPE_VERSION or manifest.get("sources") != digests:
         raise MandarinModelError(f"manifest in {folder} is for other sources or recipe")
     acoustic, vocoder = folder / ACOUSTIC_FILE, folder / VOCODER_FILE
-    for path, role in ((acoustic, "acoustic"), (vocoder, "vocoder"), (folder / MAPPER_FILE, "mapper")):
+    files = ((acoustic, "acoustic"), (vocoder, "vocoder"), (folder / MAPPER_FILE, "mapper"))
+    for path, role in files:
         if not path.is_file() or path.stat().st_size != manifest["outputs"][role]["bytes"]:
             raise MandarinModelError(f"{path} is missing or not the size the manifest gives")
     return BuiltModel(folder, acoustic, vocoder, folder / MAPPER_FILE, folder / MANIFEST_FILE,

@@ -43,8 +43,11 @@ def cardinal(value: int | str) -> str:
         parts.append(_below_10000(section) + unit)
         gap = False
     text = "".join(parts)
-    # 10-19 of any leading section are said 十X, not 一十X.
-    return text[1:] if text.startswith("一十") else text
+    # 10-19 of any leading section are said 十X, not 一十X; a leading 2 before 千, 万 or
+    # 亿 is 两 (两千, 两万三千).
+    if text.startswith("一十"):
+        return text[1:]
+    return "两" + text[1:] if text[:2] in ("二千", "二万", "二亿") else text
 
 
 def digits(text: str, phone: bool = False) -> str:
