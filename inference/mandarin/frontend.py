@@ -142,7 +142,10 @@ _RULES: tuple[tuple[re.Pattern, str | Callable[[re.Match], str]], ...] = (
     (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),  # 1,234,567
     (re.compile(r"°\s?C"), "摄氏度"),
     (re.compile(r"°\s?F"), "华氏度"),
+    (re.compile(r"(?<=[A-Za-z])\.(?=[A-Za-z])"), "点"),  # example.com
     (re.compile(r"(?<![\d.])(?P<y>\d{4})[-/.](?P<m>\d{1,2})[-/.](?P<d>\d{1,2})(?![\d.])"), _date),
+    (re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d.])"),  # versions, IPs: 2.0.1 -> 二点零点一
+     lambda m: "点".join(_number(p) for p in m.group(0).split("."))),
     (re.compile(r"(?<![\d:])(?P<h>\d{1,2}):(?P<min>\d{2})(?::(?P<s>\d{2}))?(?![\d:])"), _time),
     (re.compile(r"(?<![\d:])(\d+):(\d+)(?![\d:])"), lambda m: f"{m.group(1)}比{m.group(2)}"),
     (re.compile(r"(?<![\d.])(\+?86[- ]?)?1[3-9]\d{9}(?!\d)"), _phone),
@@ -245,6 +248,9 @@ def syllables(clause: str) -> list[str]:
     from pypinyin import Style
 
     out: list[str] = []
+    unspoken = [ch for ch in clause if ch.isalpha() and not (_is_han(ch) or "A" <= ch <= "Z")]
+    if unspoken:  # kana, Cyrillic, Greek...: the voice has no sounds for them
+        LOG.info("not spoken (no Mandarin reading): %r", "".join(unspoken))
     for token in _TOKENS.findall(clause):
         if token in LETTER_PINYIN:
             out.extend(LETTER_PINYIN[token])

@@ -135,6 +135,14 @@ def find_built(models_dir: str | Path | None = None) -> tuple[BuiltModel | None,
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def model_id(built: BuiltModel) -> str:
+    """The voice's cache identity: the models' and symbol table's hash and the front-end
+    version (a changed normalizer changes the audio of a text as much as a new model)."""
+    from .frontend import FRONTEND_VERSION
+
+    return f"{built.model_sha256[:16]}-fe{FRONTEND_VERSION}"
+
+
 def voice_files(built: BuiltModel, name: str | None = None):
     """The worker's VoiceFiles: model_path = acoustic ONNX, config_path = the manifest."""
     from .. import protocol  # msgpack: not in the build venv, so imported only here

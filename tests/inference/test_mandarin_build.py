@@ -69,3 +69,14 @@ def test_vocoder_edit_rejects_an_unexpected_graph(tmp_path, mandarin_model):
     shutil.copyfile(mandarin_model.vocoder, target)
     with pytest.raises(models.MandarinModelError, match="0 QuantizeLinear"):
         build.float_vocoder(target)
+
+
+def test_model_id_carries_the_model_hash_and_front_end_version(mandarin_model):
+    from inference.mandarin.frontend import FRONTEND_VERSION
+
+    assert models.model_id(mandarin_model) == (
+        f"{mandarin_model.model_sha256[:16]}-fe{FRONTEND_VERSION}")
+    files = models.voice_files(mandarin_model)
+    assert (files.name, files.engine) == ("zh-baker-female", "fastspeech2")
+    assert files.model_path == str(mandarin_model.acoustic)
+    assert files.config_path == str(mandarin_model.manifest)

@@ -151,3 +151,18 @@ def test_plain_han_text_gets_the_wheel_front_ends_ids(text):
     table = _table()
     expected = _wheel_processor().text_to_sequence(text, inference=True)
     assert table.ids(syllables(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("v2.0.1版本", "V二点零点一版本"), ("2024.5.1", "二零二四年五月一日"),
+     ("example.com", "EXAMPLE点COM"), ("2万人", "两万人")],
+)
+def test_normalize_dotted_forms(text, expected):
+    assert normalize(text) == expected
+
+
+def test_unspeakable_scripts_are_logged_not_silently_dropped(caplog):
+    with caplog.at_level("INFO", logger="tts.inference.mandarin.frontend"):
+        assert syllables("你好привет") == ["ni3", "hao3"]
+    assert "ПРИВЕТ" in caplog.text or "привет" in caplog.text
