@@ -38,7 +38,9 @@ class VoiceFiles:
     name: str
     model_path: str
     config_path: str
-    # "piper" (an ONNX model and its config) or "espeak" (name from the espeak catalog).
+    # "piper" (an ONNX model and its config), "espeak" (name from the espeak catalog) or
+    # "fastspeech2" (model_path: the acoustic ONNX, config_path: the build's manifest.json;
+    # see inference.mandarin.models).
     engine: str = "piper"
 
 

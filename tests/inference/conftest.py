@@ -59,3 +59,21 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
     for pool in pools:
         await pool.stop()
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"tts-{os.getpid()}-")]
+
+
+@pytest.fixture(scope="session")
+def mandarin_model():
+    """The built Mandarin voice (data/models, or $TTS_MODELS_DIR), built here when the build
+    venv exists; skipped with the reason otherwise (run.sh test runs the ensure step first)."""
+    from inference.mandarin import ensure, models
+
+    built, reason = models.find_built()
+    if built is not None:
+        return built
+    if not ensure.venv_python(ensure.build_venv_default()).is_file():
+        pytest.skip(f"Mandarin model not built ({reason}) and no build venv: run "
+                    "`.venv/bin/python -m inference.mandarin.ensure`")
+    try:
+        return ensure.ensure_built()
+    except models.MandarinModelError as exc:
+        pytest.skip(f"Mandarin model build failed: {exc}")

@@ -1,0 +1,149 @@
+"""The FastSpeech2 + MB-MelGAN engine: text -> phoneme-id chunks -> mel -> 24 kHz audio.
+
+Same shape as inference.voice.Voice (load, sample_rate, synthesize_unit, warm_up) and, like
+it, free of HTTP and IPC. VoiceFiles convention: model_path is the acoustic ONNX file,
+config_path the build's manifest.json (the vocoder and the symbol table sit beside it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..options import SynthesisOptions, ThreadPlan, VoiceError
+from ..protocol import VoiceFiles
+from . import SAMPLE_RATE, frontend
+from .frontend import Chunk, SymbolTable
+
+LOG = logging.getLogger("tts.inference.mandarin.engine")
+MAX_INT16 = 32767.0
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+HOP = 300
+# The decoder's position table: a run of more frames fails (Gather index out of range).
+MAX_FRAMES = 2048
+WARMUP_TEXT = "语音合成系统，正在预热。"
+# What onnxruntime raises when a run fails (the pybind classes derive from Exception only).
+_ORT_ERRORS = (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
+               ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+               ort.capi.onnxruntime_pybind11_state.RuntimeException)
+
+
+def make_session(path: str, threads: int, plan: ThreadPlan) -> ort.InferenceSession:
+    """As inference.voice.make_session (not imported: that module loads piper)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = plan.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spinning = "1" if plan.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def speed_ratio(speed: float) -> float:
+    """FastSpeech2 multiplies durations by speed_ratios: server speed s -> 1/s, clamped."""
+    if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
+        raise VoiceError(f"speed must be a positive number, got {speed!r}")
+    return 1.0 / min(max(float(speed), MIN_SPEED), MAX_SPEED)
+
+
+class _Sessions:
+    """The acoustic model and the vocoder at one thread count."""
+
+    def __init__(self, acoustic: str, vocoder: str, threads: int, plan: ThreadPlan) -> None:
+        self.acoustic = make_session(acoustic, threads, plan)
+        self.vocoder = make_session(vocoder, threads, plan)
+
+
+class MandarinVoice:
+    """A loaded zh-baker voice; one session pair, plus a wide pair when solo_threads > 1."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, name: str, table: SymbolTable, sessions: _Sessions,
+                 solo: _Sessions | None = None) -> None:
+        self.name = name
+        self.table = table
+        self._sessions = sessions
+        self._solo = solo
+
+    @classmethod
+    def load(cls, files: VoiceFiles, plan: ThreadPlan) -> MandarinVoice:
+        manifest_path = Path(files.config_path)
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        folder = manifest_path.parent
+        vocoder = str(folder / manifest["outputs"]["vocoder"]["file"])
+        table = SymbolTable.load(folder / manifest["outputs"]["mapper"]["file"])
+        sessions = _Sessions(files.model_path, vocoder, plan.intra_op_threads, plan)
+        solo = None
+        if plan.solo_threads > 1:
+            solo = _Sessions(files.model_path, vocoder, plan.solo_threads, plan)
+        return cls(files.name, table, sessions, solo)
+
+    def _check_speaker(self, speaker_id: int | None) -> None:
+        if speaker_id not in (None, 0):
+            raise VoiceError(f"voice {self.name} has a single speaker")
+
+    def acoustic(self, ids: list[int], ratio: float, solo: bool = False):
+        """(durations [N] in frames, mel [1, frames, 80]) of one id sequence."""
+        sessions = self._solo if solo and self._solo else self._sessions
+        one = np.array([1.0], dtype=np.float32)
+        feed = {
+            "input_ids": np.array([ids], dtype=np.int32),
+            "speaker_ids": np.array([0], dtype=np.int32),
+            "speed_ratios": np.array([ratio], dtype=np.float32),
+            "f0_ratios": one,
+            "energy_ratios": one,
+        }
+        _, mel, durations = sessions.acoustic.run(None, feed)[:3]
+        return durations.reshape(-1), mel
+
+    def vocode(self, mel: np.ndarray, solo: bool = False) -> np.ndarray:
+        sessions = self._solo if solo and self._solo else self._sessions
+        return sessions.vocoder.run(None, {"mels": mel})[0].reshape(-1)
+
+    def run_chunk(self, syllables: tuple[str, ...], ratio: float, solo: bool) -> np.ndarray:
+        """Float audio of one chunk; halved and retried if it overruns the position table."""
+        ids = self.table.ids(list(syllables))
+        try:
+            _, mel = self.acoustic(ids, ratio, solo)
+        except _ORT_ERRORS as exc:
+            if len(syllables) < 2:
+                raise
+            LOG.info("chunk of %d syllables failed (%s): splitting it", len(syllables),
+                     type(exc).__name__)
+            half = len(syllables) // 2
+            return np.concatenate([self.run_chunk(syllables[:half], ratio, solo),
+                                   self.run_chunk(syllables[half:], ratio, solo)])
+        return self.vocode(mel, solo)
+
+    def synthesize_float(self, text: str, options: SynthesisOptions) -> np.ndarray:
+        """float32 audio in [-1, 1] of a unit: its chunks with their pauses between them."""
+        self._check_speaker(options.speaker_id)
+        ratio = speed_ratio(options.speed)
+        parts: list[np.ndarray] = []
+        for chunk in frontend.chunks(text, 1.0 / ratio):
+            parts.append(self.run_chunk(chunk.syllables, ratio, options.solo))
+            parts.append(self._silence(chunk))
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
+
+    def _silence(self, chunk: Chunk) -> np.ndarray:
+        return np.zeros(round(chunk.pause_s * self.sample_rate), dtype=np.float32)
+
+    def synthesize_unit(self, text: str, options: SynthesisOptions) -> np.ndarray:
+        """int16 PCM, like the other engines (the worker writes it to the slab as is)."""
+        return (self.synthesize_float(text, options) * MAX_INT16).astype(np.int16)
+
+    def warm_up(self) -> None:
+        self.synthesize_unit(WARMUP_TEXT, SynthesisOptions())
+        if self._solo is not None:
+            self.synthesize_unit(WARMUP_TEXT, SynthesisOptions(solo=True))
