@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,16 +31,8 @@ from pathlib import Path
 
 import aiohttp
 
-from stress.throughput import (
-    BENCH_ENV,
-    REPO,
-    _free_port,
-    _wait_http,
-    closed_loop,
-    news_texts,
-    requests_for,
-    stop,
-)
+from stress.serverproc import ServerProcess, free_port
+from stress.throughput import BENCH_ENV, closed_loop, news_texts, requests_for, stop
 from tts_server.config import load_settings
 
 # WER % of the held-out evaluation sentences (python -m inference.wer, noise fixed), from
@@ -98,15 +89,10 @@ NO_DEADLINE_ENV = {
 
 
 def start_server(port: int, workers: int, config: Config, extra_env: dict[str, str]
-                 ) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, **BENCH_ENV, **NO_DEADLINE_ENV, "TTS_CACHE__ENABLED": "false",
+                 ) -> ServerProcess:
+    env = {**BENCH_ENV, **NO_DEADLINE_ENV, "TTS_CACHE__ENABLED": "false",
            **extra_env, **config.env}
-    process = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
-    return process
+    return ServerProcess(env=env, args=("--workers", str(workers)), port=port).wait_ready(180)
 
 
 async def piper_counters(base: str) -> tuple[float, int, int]:
@@ -121,7 +107,7 @@ async def piper_counters(base: str) -> tuple[float, int, int]:
 async def measure_config(
     config: Config, repeat: int, texts_by_level: dict[int, list[str]], args: argparse.Namespace
 ) -> list[Row]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     extra = {"TTS_BATCHING__MAX_BATCH": str(args.max_batch),
              "TTS_BATCHING__MAX_WAIT_MS": str(float(args.max_wait_ms))}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from stress.throughput import BENCH_ENV, REPO, _free_port, _wait_http, stop
+from stress.serverproc import REPO, ServerProcess, free_port, wait_http
+from stress.throughput import BENCH_ENV, stop
 
 TARGETS = ("bare aiohttp handler", "L1 hit (in-process)", "L2 hit (private Redis)")
 TEXT = "Attention please: the train to the airport leaves from platform four in ten minutes."
@@ -80,19 +80,13 @@ async def hammer(
 
 def start_server(
     port: int, cache: dict[str, str], extra_env: dict[str, str] | None = None
-) -> subprocess.Popen:
+) -> ServerProcess:
     env = {
-        **os.environ,
         **BENCH_ENV,
         **(extra_env or {}),
         **{f"TTS_CACHE__{k.upper()}": v for k, v in cache.items()},
     }
-    cmd = [sys.executable, "-m", "tts_server", "--port", str(port)]
-    process = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
-    return process
+    return ServerProcess(env=env, port=port).wait_ready(180)
 
 
 async def prime(url: str, expected: str) -> bytes:
@@ -110,11 +104,11 @@ def bare_server(body: bytes) -> Iterator[tuple[str, int]]:
     with tempfile.NamedTemporaryFile(suffix=".wav") as handle:
         handle.write(body)
         handle.flush()
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "stress.bench_cache", "--bare-server", str(port), handle.name]
         bare = subprocess.Popen(cmd, cwd=REPO)
         try:
-            _wait_http(f"http://127.0.0.1:{port}/readyz", bare)
+            wait_http(f"http://127.0.0.1:{port}/readyz", bare)
             yield f"http://127.0.0.1:{port}/api/tts", bare.pid
         finally:
             stop(bare)
@@ -122,7 +116,7 @@ def bare_server(body: bytes) -> Iterator[tuple[str, int]]:
 
 @contextlib.contextmanager
 def tts_server(cache: dict[str, str]) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     server = start_server(port, cache)
     try:
         yield f"http://127.0.0.1:{port}/api/tts", server.pid

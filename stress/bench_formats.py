@@ -19,7 +19,8 @@ import time
 import aiohttp
 
 from stress.bench_cache import start_server
-from stress.throughput import _free_port, news_texts, stop
+from stress.serverproc import free_port
+from stress.throughput import news_texts, stop
 
 FORMATS = ("wav", "pcm", "mp3", "opus", "aac", "flac")
 
@@ -34,7 +35,7 @@ async def first_byte_ms(session: aiohttp.ClientSession, url: str, text: str, fmt
 
 
 async def run(args: argparse.Namespace) -> None:
-    port = _free_port()
+    port = free_port()
     server = start_server(port, {"enabled": "false"})
     url = f"http://127.0.0.1:{port}/api/tts"
     try:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import subprocess
 import sys
 import time
 
 from stress.bench_cache import hammer
-from stress.throughput import REPO, _free_port, _wait_http, stop
+from stress.serverproc import ServerProcess
+from stress.throughput import stop
 
 TOKEN = "bench-token"
 TOKENS = (
@@ -29,16 +28,10 @@ TOKENS = (
 HIGH_LIMITS = {"TTS_LIMITS__TIERS": "{vip = {requests_per_s = 1e9, burst = 1000000000}}"}
 
 
-def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    env = {**os.environ, "TTS_SERVER__ACCESS_LOG": "false",
-           "TTS_DEGRADATION__ENABLED": "false", **env_extra}
-    cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _wait_http(f"http://127.0.0.1:{port}/healthz", process)
-    return process, port
+def start(env_extra: dict[str, str]) -> tuple[ServerProcess, int]:
+    env = {"TTS_SERVER__ACCESS_LOG": "false", "TTS_DEGRADATION__ENABLED": "false", **env_extra}
+    server = ServerProcess(env=env, args=("--workers", "1")).wait_ready(180, path="/healthz")
+    return server, server.port
 
 
 async def http_rate(env_extra: dict[str, str], token: bool, args: argparse.Namespace) -> float:

@@ -14,13 +14,14 @@ import subprocess
 import sys
 
 from stress.bench_cache import hammer, prime, start_server
-from stress.throughput import _free_port, closed_loop, news_texts, stop
+from stress.serverproc import free_port
+from stress.throughput import closed_loop, news_texts, stop
 
 SWITCHES = {"on": {"TTS_SERVER__METRICS": "true"}, "off": {"TTS_SERVER__METRICS": "false"}}
 
 
 def start(metrics: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     process = start_server(port, {"redis": '"off"'}, SWITCHES[metrics])
     return process, f"http://127.0.0.1:{port}/api/tts"
 

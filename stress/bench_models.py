@@ -43,6 +43,7 @@ from inference.corpus import corpus, eval_sentences
 from inference.protocol import VoiceFiles
 from inference.quantize import FP32, data_dir_default, default_voice, ensure_variant
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
+from stress.stats import percentile_or_nan as percentile
 from tts_server.config import VoiceSettings
 
 # The served recipe: one default, in config.
@@ -50,14 +51,6 @@ DEFAULT_INT8 = VoiceSettings().int8_recipe
 SAMPLE_RATE = 22050
 # Production inputs: the voice's own noise (scales resolved by the Voice), not zero.
 OPTIONS = SynthesisOptions()
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 # ---- worker processes ---------------------------------------------------------------------

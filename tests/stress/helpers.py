@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
 
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from stress.client import TargetOptions
 from stress.runner import LevelResult, Load, RunOptions, run_levels
+from stress.serverproc import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY = b'{"text": "hello"}'
@@ -21,12 +21,7 @@ def tts_app(handler: Handler) -> web.Application:
     return app
 
 
-def unused_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+unused_port = free_port  # a loopback port nothing listens on
 
 async def run_one(
     url: str,

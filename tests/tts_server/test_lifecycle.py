@@ -10,6 +10,7 @@ import time
 import aiohttp
 import psutil
 
+from inference import protocol
 from tests.support import REPO, decode_wav, shm_segments_of
 
 LONG_TEXT = " ".join(
@@ -63,7 +64,8 @@ async def test_sigkilled_worker_mid_request_is_retried_and_replaced(running_serv
     workers_after = set(server.worker_pids())
     assert len(workers_after) == 2 and busy[0] not in workers_after
     # The replacement reuses its slot's slab: still exactly one segment per worker.
-    expected = [f"tts-{server.pid}-{name}" for name in ("espeak-w0", "piper-w0", "piper-w1")]
+    expected = [protocol.slab_name(server.pid, pool, index)
+                for pool, index in (("espeak", 0), ("piper", 0), ("piper", 1))]
     assert sorted(server.shm_segments()) == expected
     assert server.stop() == 0
     assert shm_segments_of(server.pid) == []

@@ -192,7 +192,7 @@ async def test_probes_report_health_and_readiness(shared_server):
 @pytest.mark.parametrize("audio_format", ["mp3", "opus", "aac", "flac"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_compressed_formats_decode_whole_and_streamed(shared_server, audio_format, stream):
-    from tests.tts_server.test_openai import decode_any
+    from tests.tts_server.http.test_openai import decode_any
 
     text = f"Compressed audio in {audio_format}, streamed {stream}."
     status, headers, body = await post_tts(

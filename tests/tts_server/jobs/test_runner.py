@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
-from tests.jobs.test_store import spec
+from tests.tts_server.jobs.test_store import spec
 from tts_server.config import JobSettings
 from tts_server.jobs.models import Status
 from tts_server.jobs.runner import JobRunner
