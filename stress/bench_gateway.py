@@ -75,7 +75,10 @@ def direct_us_per_call(backend: str, calls: int = 20000) -> float:
         try:
             started = time.perf_counter()
             for _ in range(calls):
-                await gateway.admit(request, gateway.identify(request))
+                identity = gateway.identify(request)
+                decision = await gateway.check_requests(identity)
+                if decision is not None:
+                    gateway.enforce_requests(identity, decision)
             return (time.perf_counter() - started) / calls * 1e6
         finally:
             if client is not None:

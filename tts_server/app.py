@@ -23,7 +23,7 @@ from tts_server.gateway.ratelimit import RedisLimiter
 from tts_server.http.middlewares import MIDDLEWARES, add_request_headers
 from tts_server.http.routes import setup_routes
 from tts_server.jobs import setup_jobs
-from tts_server.metrics import Metrics, StateCollector
+from tts_server.metrics import LiveState, Metrics, StateCollector
 from tts_server.resilience.breaker import BreakerPolicy, CircuitBreaker
 from tts_server.resilience.degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from tts_server.resilience.state import RunState
@@ -243,7 +243,12 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.RUN_STATE] = RunState()
     if settings.server.metrics:
         app[keys.METRICS] = Metrics()
-        app[keys.METRICS].registry.register(StateCollector(app, keys))
+        live = LiveState(pools=lambda: app.get(keys.POOLS) or {},
+                         synthesizer=lambda: app.get(keys.SYNTHESIZER),
+                         run_state=lambda: app.get(keys.RUN_STATE),
+                         speech=lambda: app.get(keys.SPEECH),
+                         gateway=lambda: app.get(keys.GATEWAY))
+        app[keys.METRICS].registry.register(StateCollector(live))
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)

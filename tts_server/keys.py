@@ -1,18 +1,21 @@
-"""Typed application state keys, declared in one place."""
+"""Typed keys, declared in one place: the application's state and each request's."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from inference.pool import InferencePool
 from tts_server.config import Settings
 from tts_server.gateway import Gateway
+from tts_server.gateway.auth import Identity
+from tts_server.gateway.ratelimit import Decision
 from tts_server.metrics import Metrics
 from tts_server.resilience.state import RunState
 from tts_server.speech.service import SpeechService
-from tts_server.speech.synthesizer import Synthesizer
+from tts_server.speech.synthesizer import SynthesisTrace, Synthesizer
 from tts_server.speech.voices import VoiceRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,3 +31,31 @@ REDIS_URL = web.AppKey("redis_url", str)
 METRICS = web.AppKey("metrics", Metrics)
 # Bounded pool that encodes audio off the event loop.
 ENCODERS = web.AppKey("encoders", ThreadPoolExecutor)
+
+# ---- per request (aiohttp >= 3.14) ----------------------------------------------------------
+
+
+@dataclass
+class RequestInfo:
+    voice: str | None = None
+    engine: str | None = None
+    chars: int = 0
+    cache: str | None = None
+    audio_format: str | None = None
+    trace: SynthesisTrace | None = None
+    audio_bytes: int = 0
+    sample_rate: int = 0
+    first_byte_at: float | None = None
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_bytes / 2 / self.sample_rate if self.sample_rate else 0.0
+
+
+REQUEST_ID = web.RequestKey("request_id", str)
+# Who is calling (gateway middleware), and its per-request rate decision (for the headers).
+IDENTITY = web.RequestKey("identity", Identity)
+RATE_DECISION = web.RequestKey("rate_decision", Decision)
+# What a synthesis route learned, for the access log and the metrics.
+REQUEST_INFO = web.RequestKey("request_info", RequestInfo)
+ERROR_CODE = web.RequestKey("error_code", str)

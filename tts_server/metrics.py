@@ -11,8 +11,9 @@ per worker slot across restarts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -25,9 +26,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 # The *_created series only double the exposition; nothing here reads them.
 disable_created_metrics()
@@ -100,12 +98,23 @@ class Metrics:
         self.child(self.chars_synthesized, engine).inc(chars)
 
 
+@dataclass(frozen=True)
+class LiveState:
+    """Where the collector finds the server's parts: each returns the live object, or None
+    (or no pools) before it has started."""
+
+    pools: Callable[[], Mapping[str, Any]]
+    synthesizer: Callable[[], Any]
+    run_state: Callable[[], Any]
+    speech: Callable[[], Any]
+    gateway: Callable[[], Any]
+
+
 class StateCollector(Collector):
     """Reads the server's live state when Prometheus scrapes."""
 
-    def __init__(self, app: web.Application, keys: object) -> None:
-        self.app = app
-        self.keys = keys
+    def __init__(self, live: LiveState) -> None:
+        self.live = live
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield from self._pools()
@@ -114,16 +123,13 @@ class StateCollector(Collector):
         yield from self._gateway()
         yield from self._processes()
 
-    def _get(self, name: str) -> object | None:
-        return self.app.get(getattr(self.keys, name))
-
     def _pools(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         up = GaugeMetricFamily("tts_workers_up", "Workers ready", labels=["engine"])
         restarts = CounterMetricFamily("tts_worker_restarts", "Worker restarts",
                                        labels=["engine"])
         depth = GaugeMetricFamily("tts_queue_depth", "Sentences waiting for a worker",
                                   labels=["engine", "priority"])
-        for engine, pool in (self._get("POOLS") or {}).items():
+        for engine, pool in self.live.pools().items():
             snap = pool.snapshot()
             up.add_metric([engine], snap["workers_ready"])
             restarts.add_metric([engine], snap["restarts"])
@@ -136,17 +142,17 @@ class StateCollector(Collector):
         breaker = GaugeMetricFamily("tts_breaker_state",
                                     "Circuit breaker: 0 closed, 1 half-open, 2 open",
                                     labels=["voice"])
-        synthesizer = self._get("SYNTHESIZER")
+        synthesizer = self.live.synthesizer()
         for voice, snap in (synthesizer.snapshot() if synthesizer else {}).items():
             breaker.add_metric([voice], BREAKER_VALUES[snap["state"]])
         yield breaker
-        state = self._get("RUN_STATE")
+        state = self.live.run_state()
         level = state.degradation_level if state else 0
         yield GaugeMetricFamily("tts_degradation_level", "Degradation ladder level (0-3)",
                                 value=level)
 
     def _cache(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        speech = self._get("SPEECH")
+        speech = self.live.speech()
         cache = speech.cache if speech is not None else None
         size = GaugeMetricFamily("tts_cache_bytes", "Bytes held in the cache", labels=["tier"])
         errors = CounterMetricFamily("tts_cache_redis_errors", "Redis errors and garbage")
@@ -162,7 +168,7 @@ class StateCollector(Collector):
     def _gateway(self) -> Iterator[CounterMetricFamily]:
         rejections = CounterMetricFamily("tts_gateway_rejections",
                                          "Auth and rate-limit rejections", labels=["reason"])
-        gateway = self._get("GATEWAY")
+        gateway = self.live.gateway()
         for reason, count in (gateway.rejections.items() if gateway else []):
             rejections.add_metric([reason], count)
         yield rejections
@@ -176,7 +182,7 @@ class StateCollector(Collector):
         times = front.cpu_times()
         cpu.add_metric(["front"], times.user + times.system)
         rss.add_metric(["front"], front.memory_info().rss)
-        for engine, pool in (self._get("POOLS") or {}).items():
+        for engine, pool in self.live.pools().items():
             for worker in pool.worker_states():
                 name = f"{engine}-{worker['index']}"
                 cpu.add_metric([name], worker["cpu_seconds"])

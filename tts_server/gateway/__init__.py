@@ -24,8 +24,6 @@ from tts_server.gateway.auth import ClientAddress, Identity, TokenStore, bearer_
 from tts_server.gateway.ratelimit import Decision, LocalLimiter, Rate, RedisLimiter
 
 LOG = logging.getLogger("tts.gateway")
-IDENTITY = "identity"
-RATE_DECISION = "rate_decision"
 
 
 class Gateway:
@@ -99,11 +97,13 @@ class Gateway:
             return Decision(True, int(rate.burst), int(rate.burst), 0.0, 0.0)
         return self.local.check(key, rate, cost)
 
-    async def admit(self, request: web.Request, identity: Identity) -> None:
+    async def check_requests(self, identity: Identity) -> Decision | None:
+        """This request against the caller's requests per second (None: limits are off)."""
         if not self.settings.limits.enabled:
-            return
-        decision = await self._check("req:" + identity.key, self.request_rate(identity), 1.0)
-        request[RATE_DECISION] = decision
+            return None
+        return await self._check("req:" + identity.key, self.request_rate(identity), 1.0)
+
+    def enforce_requests(self, identity: Identity, decision: Decision) -> None:
         if not decision.allowed:
             self._reject("rate_requests")
             raise TooManyRequests(
@@ -111,10 +111,9 @@ class Gateway:
                 code="rate_limited", retry_after_s=max(1, math.ceil(decision.retry_after_s)),
             )
 
-    async def charge_chars(self, request: web.Request, chars: int) -> None:
+    async def charge_chars(self, identity: Identity, chars: int) -> None:
         """Spend `chars` of the caller's characters-per-minute budget, or answer 429."""
-        identity: Identity | None = request.get(IDENTITY)
-        if identity is None or not self.settings.limits.enabled:
+        if not self.settings.limits.enabled:
             return
         rate = self.chars_rate(identity)
         if chars > rate.burst:

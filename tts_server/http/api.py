@@ -10,9 +10,7 @@ from aiohttp import web
 
 from tts_server import keys
 from tts_server.errors import BadRequest
-from tts_server.gateway import IDENTITY
 from tts_server.http.bodies import parse_body
-from tts_server.http.observe import REQUEST_INFO, RequestInfo
 from tts_server.http.openai import parse_speech_request
 from tts_server.http.responses import AudioResponder
 from tts_server.speech.request import SynthesisRequest, parse_tts_request
@@ -35,11 +33,12 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
 
 async def speak(request: web.Request, synthesis: SynthesisRequest) -> Speech:
     """The gateway's checks on this text, then one call into the speech layer."""
-    request[REQUEST_INFO] = RequestInfo(voice=synthesis.voice.name, chars=len(synthesis.text),
-                                        audio_format=synthesis.audio_format.name)
+    request[keys.REQUEST_INFO] = keys.RequestInfo(
+        voice=synthesis.voice.name, chars=len(synthesis.text),
+        audio_format=synthesis.audio_format.name)
     admission = await admit(request, synthesis)
     speech = await request.app[keys.SPEECH].speak(synthesis, admission)
-    request[REQUEST_INFO].voice = speech.request.voice.name
+    request[keys.REQUEST_INFO].voice = speech.request.voice.name
     return speech
 
 
@@ -47,11 +46,11 @@ async def admit(request: web.Request, synthesis: SynthesisRequest) -> Admission:
     """Tier features and the character quota, then how the request is scheduled."""
     app = request.app
     gateway = app[keys.GATEWAY]
-    identity = request[IDENTITY]
+    identity = request[keys.IDENTITY]
     gateway.require_feature(identity, "tts")
     if synthesis.stream and request.path.startswith("/api/"):
         gateway.require_feature(identity, "stream")
-    await gateway.charge_chars(request, len(synthesis.text))
+    await gateway.charge_chars(identity, len(synthesis.text))
     tier = gateway.tier(identity)
     return Admission(priority=tier.priority, deadline_s=deadline_s(request, tier.deadline_s),
                      level=app[keys.RUN_STATE].degradation_level)

@@ -12,14 +12,13 @@ from aiohttp import web
 
 from tts_server import keys
 from tts_server.errors import ServiceUnavailable, TTSError
-from tts_server.gateway import IDENTITY, RATE_DECISION, ratelimit_headers
-from tts_server.http.observe import ERROR_CODE, observe_middleware
+from tts_server.gateway import ratelimit_headers
+from tts_server.http.observe import observe_middleware
 from tts_server.http.openai import openai_error_body
 from tts_server.http.routes import API_PREFIXES, METRICS_PATH, PROBE_PATHS
 
 LOG = logging.getLogger("tts.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = "request_id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Unique per server process without a system call per request (uuid4 reads urandom):
 # a random prefix drawn once, then a counter.
@@ -49,7 +48,7 @@ def error_response(error: TTSError, openai_shape: bool = False) -> web.Response:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _CLIENT_REQUEST_ID.match(given) else next(_REQUEST_IDS)
-    request[REQUEST_ID] = request_id
+    request[keys.REQUEST_ID] = request_id
     return await handler(request)
 
 
@@ -67,9 +66,9 @@ async def add_request_headers(request: web.Request, response: web.StreamResponse
     if response.content_type == "text/html":
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["Referrer-Policy"] = "no-referrer"
-    if REQUEST_ID in request:
-        response.headers["X-Request-Id"] = request[REQUEST_ID]
-    decision = request.get(RATE_DECISION)
+    if keys.REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[keys.REQUEST_ID]
+    decision = request.get(keys.RATE_DECISION)
     if decision is not None:
         response.headers.update(ratelimit_headers(decision))
     if request.path.startswith(API_PREFIXES):
@@ -87,13 +86,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except TTSError as error:
-        request[ERROR_CODE] = error.code
+        request[keys.ERROR_CODE] = error.code
         return error_response(error, openai_shape)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        request[ERROR_CODE] = code
+        request[keys.ERROR_CODE] = code
         error = TTSError(exc.reason, code=code)
         error.status = exc.status
         return error_response(error, openai_shape)
@@ -117,8 +116,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     path = request.path
     if path.startswith(API_PREFIXES):
         identity = gateway.identify(request)
-        request[IDENTITY] = identity
-        await gateway.admit(request, identity)
+        request[keys.IDENTITY] = identity
+        decision = await gateway.check_requests(identity)
+        if decision is not None:
+            request[keys.RATE_DECISION] = decision
+            gateway.enforce_requests(identity, decision)
     elif path in PROBE_PATHS:
         gateway.check_policy(request, auth.probe_access)
     elif path == METRICS_PATH:

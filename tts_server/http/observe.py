@@ -10,39 +10,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from tts_server import keys
-from tts_server.gateway import IDENTITY
 from tts_server.metrics import Metrics
-from tts_server.speech.synthesizer import SynthesisTrace
 
 ACCESS_LOG = logging.getLogger("tts.access")
-REQUEST_INFO = "request_info"
-ERROR_CODE = "error_code"
 ADMISSION_CODES = frozenset(
     {"would_miss_deadline", "shedding", "overloaded", "draining", "engine_unavailable"}
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class RequestInfo:
-    voice: str | None = None
-    engine: str | None = None
-    chars: int = 0
-    cache: str | None = None
-    audio_format: str | None = None
-    trace: SynthesisTrace | None = None
-    audio_bytes: int = 0
-    sample_rate: int = 0
-    first_byte_at: float | None = None
-
-    @property
-    def audio_s(self) -> float:
-        return self.audio_bytes / 2 / self.sample_rate if self.sample_rate else 0.0
 
 
 def route_of(request: web.Request) -> str:
@@ -51,18 +29,18 @@ def route_of(request: web.Request) -> str:
 
 
 def _log_fields(request: web.Request, status: int, total_s: float) -> dict[str, object]:
-    info: RequestInfo | None = request.get(REQUEST_INFO)
-    identity = request.get(IDENTITY)
+    info: keys.RequestInfo | None = request.get(keys.REQUEST_INFO)
+    identity = request.get(keys.IDENTITY)
     fields: dict[str, object] = {
-        "request_id": request.get("request_id"),
+        "request_id": request.get(keys.REQUEST_ID),
         "method": request.method,
         "route": route_of(request),
         "status": status,
         "total_ms": round(total_s * 1000, 1),
         "client": identity.name if identity is not None else request.remote,
     }
-    if ERROR_CODE in request:
-        fields["error"] = request[ERROR_CODE]
+    if keys.ERROR_CODE in request:
+        fields["error"] = request[keys.ERROR_CODE]
     if info is not None:
         trace = info.trace
         fields.update(
@@ -85,8 +63,8 @@ def _observe(
 
 def _count(metrics: Metrics, request: web.Request, route: str, status: int,
            total_s: float) -> None:
-    info: RequestInfo | None = request.get(REQUEST_INFO)
-    identity = request.get(IDENTITY)
+    info: keys.RequestInfo | None = request.get(keys.REQUEST_INFO)
+    identity = request.get(keys.IDENTITY)
     tier = identity.tier if identity is not None else ""
     voice = info.voice or "" if info else ""
     engine = info.engine or "" if info else ""
@@ -100,8 +78,8 @@ def _count(metrics: Metrics, request: web.Request, route: str, status: int,
             started = request["started_at"]
             metrics.child(metrics.first_audio_seconds, route).observe(
                 info.first_byte_at - started)
-    if request.get(ERROR_CODE) in ADMISSION_CODES:
-        metrics.child(metrics.admission_rejections, request[ERROR_CODE]).inc()
+    if request.get(keys.ERROR_CODE) in ADMISSION_CODES:
+        metrics.child(metrics.admission_rejections, request[keys.ERROR_CODE]).inc()
 
 
 def _access_log(app: web.Application, request: web.Request, status: int, total_s: float) -> None:

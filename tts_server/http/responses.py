@@ -20,7 +20,6 @@ from tts_server.encoding.encoders import (
     encode_stream,
 )
 from tts_server.encoding.wav import duration_s
-from tts_server.http.observe import REQUEST_INFO, RequestInfo
 from tts_server.speech.request import SynthesisRequest
 from tts_server.speech.service import Speech
 from tts_server.speech.synthesizer import SynthesisTrace
@@ -77,7 +76,7 @@ class AudioResponder:
         self.speech = speech
         self.executor = request.app[keys.ENCODERS]
         self.metrics = request.app.get(keys.METRICS)
-        self.info: RequestInfo = request[REQUEST_INFO]
+        self.info = request[keys.REQUEST_INFO]
         self.info.cache = speech.cache_status
         self.info.trace = speech.trace
         self.info.sample_rate = speech.sample_rate

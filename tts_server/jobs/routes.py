@@ -30,7 +30,6 @@ from tts_server.errors import (
     TTSError,
     Unprocessable,
 )
-from tts_server.gateway import IDENTITY
 from tts_server.http.bodies import decode_json, read_body
 from tts_server.jobs.models import Job, JobSpec
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
@@ -79,7 +78,7 @@ def _retry_after(request: web.Request) -> int:
 
 def _owner(request: web.Request) -> str:
     """The caller, once it may use jobs at all (403 for tiers without the feature)."""
-    identity = request[IDENTITY]
+    identity = request[keys.IDENTITY]
     request.app[keys.GATEWAY].require_feature(identity, "jobs")
     return str(identity.key)
 
@@ -145,7 +144,7 @@ async def submit_job(request: web.Request) -> web.Response:
         if earlier is not None:
             return _accepted(earlier, replayed=True)  # not charged twice
     # The whole text counts against the tier's characters per minute, once, at submission.
-    await app[keys.GATEWAY].charge_chars(request, spec.chars)
+    await app[keys.GATEWAY].charge_chars(request[keys.IDENTITY], spec.chars)
     submitted = await _queue(request, store, spec)
     _replay(submitted.job, spec)
     runtime.wake_runner()
