@@ -19,7 +19,9 @@ from typing import Any, ClassVar
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from .options import ThreadPlan
+
+PROTOCOL_VERSION = 2  # 2: one work_id names a unit or a batch
 SAMPLE_DTYPE = "<i2"
 SAMPLE_WIDTH_BYTES = 2
 SHM_NAME_PREFIX = "tts-"
@@ -52,16 +54,16 @@ class WorkerSpec:
     slab_name: str
     slab_bytes: int
     voices: tuple[VoiceFiles, ...]
-    intra_op_threads: int
-    inter_op_threads: int
-    allow_spinning: bool
-    # Threads for the worker's second ("solo") session; 1 means no second session.
-    solo_threads: int
+    # Session threads; threads.solo_threads > 1 adds a wide second ("solo") session.
+    threads: ThreadPlan
     noise_scale: float | None
     noise_w_scale: float | None
     # Sentences per padded session.run of the batch engine; 0 = batching off (piper voices
     # then load no batch engine and the worker refuses SynthesizeBatch).
     max_batch: int = 0
+    # The front's logging, applied in the worker before anything logs.
+    log_level: str = "INFO"
+    log_format: str = "auto"
 
 
 class Message:
@@ -81,7 +83,7 @@ class SynthesizeUnit(Message):
     """Front -> worker: synthesize one sentence unit into the slab."""
 
     kind: ClassVar[str] = "synthesize"
-    unit_id: int
+    work_id: int
     voice: str
     text: str
     speed: float = 1.0
@@ -96,11 +98,15 @@ class SynthesizeBatch(Message):
     write their audio to the slab one after another (text order) and answer BatchDone."""
 
     kind: ClassVar[str] = "synthesize_batch"
-    batch_id: int
+    work_id: int
     voice: str
     texts: tuple[str, ...]
     speed: float = 1.0
     speaker_id: int | None = None
+
+
+# What the front sends a worker to synthesize: one unit, or a batch of them.
+Work = SynthesizeUnit | SynthesizeBatch
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class UnitDone(Message):
     """Worker -> front: `samples` int16 samples wait at offset 0 of the slab."""
 
     kind: ClassVar[str] = "unit_done"
-    unit_id: int
+    work_id: int
     samples: int
     sample_rate: int
     synthesis_ms: float
@@ -140,7 +146,7 @@ class BatchDone(Message):
     text i has samples[i] int16 samples. synthesis_ms covers the whole batch."""
 
     kind: ClassVar[str] = "batch_done"
-    batch_id: int
+    work_id: int
     samples: tuple[int, ...]
     sample_rate: int
     synthesis_ms: float
@@ -149,11 +155,11 @@ class BatchDone(Message):
 
 @dataclass(frozen=True)
 class UnitFailed(Message):
-    """Worker -> front: the unit (or batch: unit_id is then the batch_id) cannot be
+    """Worker -> front: the work item (a unit or a batch, by work_id) cannot be
     synthesized; `code` is stable, message human."""
 
     kind: ClassVar[str] = "unit_failed"
-    unit_id: int
+    work_id: int
     code: str
     message: str
 

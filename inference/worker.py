@@ -69,12 +69,7 @@ class Worker:
         self.reader = protocol.MessageReader()
 
     def load_voices(self) -> None:
-        plan = ThreadPlan(
-            intra_op_threads=self.spec.intra_op_threads,
-            inter_op_threads=self.spec.inter_op_threads,
-            allow_spinning=self.spec.allow_spinning,
-            solo_threads=self.spec.solo_threads,
-        )
+        plan = self.spec.threads
         for files in self.spec.voices:
             voice = load_engine(files, plan)
             voice.warm_up()
@@ -111,50 +106,50 @@ class Worker:
     def run_unit(self, unit: protocol.SynthesizeUnit) -> protocol.Message:
         voice = self.voices.get(unit.voice)
         if voice is None:
-            return protocol.UnitFailed(unit.unit_id, protocol.FAIL_BAD_INPUT, "unknown voice")
+            return protocol.UnitFailed(unit.work_id, protocol.FAIL_BAD_INPUT, "unknown voice")
         options = self.options(unit.speed, unit.speaker_id, unit.solo)
         started = time.perf_counter()
         try:
             audio = voice.synthesize_unit(unit.text, options)
         except VoiceError as exc:
-            return protocol.UnitFailed(unit.unit_id, protocol.FAIL_BAD_INPUT, str(exc))
+            return protocol.UnitFailed(unit.work_id, protocol.FAIL_BAD_INPUT, str(exc))
         except Exception as exc:  # an engine fault must not kill the worker
-            LOG.exception("unit %s failed", unit.unit_id)
-            return protocol.UnitFailed(unit.unit_id, protocol.FAIL_ENGINE, type(exc).__name__)
+            LOG.exception("unit %s failed", unit.work_id)
+            return protocol.UnitFailed(unit.work_id, protocol.FAIL_ENGINE, type(exc).__name__)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return self.write_audio(unit.unit_id, audio, voice.sample_rate, elapsed_ms)
+        return self.write_audio(unit.work_id, audio, voice.sample_rate, elapsed_ms)
 
     def write_audio(
-        self, unit_id: int, audio: np.ndarray, sample_rate: int, elapsed_ms: float
+        self, work_id: int, audio: np.ndarray, sample_rate: int, elapsed_ms: float
     ) -> protocol.Message:
         payload = audio.astype(protocol.SAMPLE_DTYPE, copy=False).tobytes()
         if len(payload) > self.spec.slab_bytes:
             message = f"audio of {len(payload)} bytes exceeds the {self.spec.slab_bytes}-byte slab"
-            return protocol.UnitFailed(unit_id, protocol.FAIL_AUDIO_TOO_LONG, message)
+            return protocol.UnitFailed(work_id, protocol.FAIL_AUDIO_TOO_LONG, message)
         self.slab.buf[: len(payload)] = payload
-        return protocol.UnitDone(unit_id, len(audio), sample_rate, elapsed_ms, time.process_time())
+        return protocol.UnitDone(work_id, len(audio), sample_rate, elapsed_ms, time.process_time())
 
     def run_batch(self, batch: protocol.SynthesizeBatch) -> protocol.Message:
         engine = self.batch_engines.get(batch.voice)
         if engine is None:
             message = f"voice {batch.voice!r} has no batch engine in this worker"
-            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_BAD_INPUT, message)
+            return protocol.UnitFailed(batch.work_id, protocol.FAIL_BAD_INPUT, message)
         options = self.options(batch.speed, batch.speaker_id)
         started = time.perf_counter()
         try:
             audios = engine.synthesize_batch(batch.texts, options, self.spec.max_batch)
         except VoiceError as exc:
-            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_BAD_INPUT, str(exc))
+            return protocol.UnitFailed(batch.work_id, protocol.FAIL_BAD_INPUT, str(exc))
         except Exception as exc:  # an engine fault must not kill the worker
-            LOG.exception("batch %s failed", batch.batch_id)
-            return protocol.UnitFailed(batch.batch_id, protocol.FAIL_ENGINE, type(exc).__name__)
+            LOG.exception("batch %s failed", batch.work_id)
+            return protocol.UnitFailed(batch.work_id, protocol.FAIL_ENGINE, type(exc).__name__)
         elapsed_ms = (time.perf_counter() - started) * 1000
         audio = np.concatenate(audios) if audios else np.zeros(0, np.int16)
-        written = self.write_audio(batch.batch_id, audio, engine.sample_rate, elapsed_ms)
+        written = self.write_audio(batch.work_id, audio, engine.sample_rate, elapsed_ms)
         if not isinstance(written, protocol.UnitDone):
             return written
         samples = tuple(len(a) for a in audios)
-        return protocol.BatchDone(batch.batch_id, samples, engine.sample_rate, elapsed_ms,
+        return protocol.BatchDone(batch.work_id, samples, engine.sample_rate, elapsed_ms,
                                   written.process_cpu_s)
 
     def close(self) -> None:
@@ -162,14 +157,11 @@ class Worker:
         self.sock.close()
 
 
-def run_worker(
-    spec: protocol.WorkerSpec, sock: socket.socket, log_level: str = "INFO",
-    log_format: str = "auto",
-) -> None:
+def run_worker(spec: protocol.WorkerSpec, sock: socket.socket) -> None:
     """Process entry point (target of multiprocessing's spawn)."""
     # Ctrl-C reaches the whole process group; the front decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(log_level, log_format)
+    configure_logging(spec.log_level, spec.log_format)
     worker = Worker(spec, sock)
     try:
         worker.load_voices()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import ServerProcess, free_port, merged, write_config
+from tests.support import Client, ServerProcess, deep_update, free_port, merged, write_config
+from tts_server.app import create_app
 from tts_server.cache.redis_server import RedisProcess
+from tts_server.config import settings_from_dict
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -20,6 +22,26 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
         return write_config(tmp_path / name, merged(overrides))
 
     return make
+
+
+# In-process apps need no second worker: their tests check contracts, not throughput.
+IN_PROCESS_SECTIONS: dict[str, dict[str, Any]] = {"pool": {"workers": 1}}
+
+
+@pytest.fixture
+async def app_client(aiohttp_client: Any) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """Factory: the real app (create_app and every cleanup context: workers, cache,
+    gateway) in this test's event loop behind aiohttp's test client, for contract tests
+    (errors, headers, gateway, OpenAI shapes). Lifecycle, signals and kill -9 stay with
+    `running_server`, a real process."""
+
+    async def make(overrides: dict[str, dict[str, Any]] | None = None) -> Client:
+        layers = dict(IN_PROCESS_SECTIONS)
+        deep_update(layers, overrides or {})
+        app = create_app(settings_from_dict(merged(layers)))
+        return Client(await aiohttp_client(app))
+
+    yield make
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import soundfile
 from stress.serverproc import REPO, ServerProcess, free_port, shm_segments_of
 from tts_server.config import deep_update
 
-__all__ = ["REPO", "ServerProcess", "free_port", "shm_segments_of"]
+__all__ = ["REPO", "ServerProcess", "deep_update", "free_port", "shm_segments_of"]
 
 
 def _toml_value(value: Any) -> str:
@@ -64,3 +65,32 @@ def decode_wav(data: bytes) -> tuple[Any, int, soundfile.SoundFile]:
 def plausible_duration(text: str, seconds: float) -> bool:
     """English speech runs at roughly 10-20 characters a second; allow a wide margin."""
     return len(text) / 30 <= seconds <= len(text) / 5 + 0.5
+
+
+class Client:
+    """One caller of one server, the one HTTP helper of the tests: a real server process
+    (`Client.at(url)`) or an in-process app (`Client(test_client)`, see `app_client`)."""
+
+    def __init__(self, session: Any, base_url: str = "", token: str = "") -> None:
+        self.session = session
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def at(cls, session: Any, url: str, token: str = "") -> Client:
+        return cls(session, url, token)
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of one request; the body is read whole."""
+        headers = {**self.headers, **kwargs.pop("headers", None or {})}
+        async with self.session.request(method, self.base_url + path, headers=headers,
+                                        **kwargs) as response:
+            return response.status, response.headers.copy(), await response.read()
+
+    async def post_tts(self, body: Any, path: str = "/api/tts", **kwargs: Any
+                       ) -> tuple[int, Any, bytes]:
+        return await self.call("POST", path, json=body, **kwargs)
+
+    async def get_json(self, path: str, **kwargs: Any) -> Any:
+        status, _, body = await self.call("GET", path, **kwargs)
+        return json.loads(body) if body else None

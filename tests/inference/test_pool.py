@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference import protocol
-from inference.pool import PoolBusy, PoolStartError, UnitRejected, WorkerCrashed
+from inference.pool import PoolBusy, PoolStartError, PoolUnavailable, UnitRejected, WorkerCrashed
 from tests.inference.conftest import JOE
 
 LONG_TEXT = (
@@ -18,7 +18,7 @@ LONG_TEXT = (
 
 
 def unit(text: str, **kwargs) -> protocol.SynthesizeUnit:
-    return protocol.SynthesizeUnit(unit_id=0, voice="joe", text=text, **kwargs)
+    return protocol.SynthesizeUnit(work_id=0, voice="joe", text=text, **kwargs)
 
 
 async def wait_until(predicate, timeout_s: float = 30.0) -> None:
@@ -111,3 +111,32 @@ async def test_corrupt_model_fails_the_start_with_its_reason(make_pool, tmp_path
     voices = (protocol.VoiceFiles("broken", str(broken), JOE.config_path),)
     with pytest.raises(PoolStartError, match="broken|INVALID|protobuf|Load"):
         await make_pool(workers=1, voices=voices, ready_timeout_s=60)
+
+
+async def test_killed_workers_restart_at_the_base_delay_and_refuse_work_meanwhile(make_pool):
+    """Repeated kills of serving workers never grow the restart delay (the report saw a pool
+    with no ready worker for 25 s), and while no worker is ready new work is refused at
+    once (PoolUnavailable: the synthesizer hands it to the fallback) instead of waiting."""
+    pool = await make_pool(workers=1, restart_backoff_s=0.2)
+    for _ in range(3):
+        pid = pool.worker_states()[0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: pool.worker_states()[0]["state"] != "ready")
+        with pytest.raises(PoolUnavailable):
+            pool.submit(pool.new_request_key(), [unit("Anyone there?")])
+        killed_at = time.monotonic()
+        await wait_until(lambda: pool.worker_states()[0]["state"] == "ready", timeout_s=60)
+        assert pool._slots[0].backoff_s == 0.2  # not doubled: the worker had been serving
+        assert time.monotonic() - killed_at < 30
+    (future,) = pool.submit(pool.new_request_key(), [unit("Back again.")])
+    assert len((await future).pcm) > 0
+
+
+def test_a_worker_that_dies_before_ready_backs_off_harder():
+    from inference.supervisor import MAX_RESTART_BACKOFF_S, WorkerSlot
+
+    slot = WorkerSlot(0, None, None)  # type: ignore[arg-type]
+    delays = [slot.next_backoff(0.5) for _ in range(8)]  # never became ready
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and delays[-1] == MAX_RESTART_BACKOFF_S
+    slot.was_ready = True
+    assert slot.next_backoff(0.5) == 0.5

@@ -75,7 +75,7 @@ def _count(metrics: Metrics, request: web.Request, route: str, status: int,
         if info.cache:
             metrics.child(metrics.cache_results, info.cache).inc()
         if info.first_byte_at is not None:
-            started = request["started_at"]
+            started = request[keys.STARTED_AT]
             metrics.child(metrics.first_audio_seconds, route).observe(
                 info.first_byte_at - started)
     if request.get(keys.ERROR_CODE) in ADMISSION_CODES:
@@ -96,7 +96,7 @@ def _access_log(app: web.Application, request: web.Request, status: int, total_s
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app.get(keys.METRICS)
     route = route_of(request)
-    request["started_at"] = started = time.monotonic()
+    request[keys.STARTED_AT] = started = time.monotonic()
     in_flight = metrics.child(metrics.in_flight, route) if metrics is not None else None
     if in_flight is not None:
         in_flight.inc()

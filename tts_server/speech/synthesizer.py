@@ -121,7 +121,7 @@ class Synthesizer:
         self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
     ) -> list[asyncio.Future[UnitResult]]:
         units = [
-            protocol.SynthesizeUnit(unit_id=0, voice=voice.name, text=text, speed=request.speed,
+            protocol.SynthesizeUnit(work_id=0, voice=voice.name, text=text, speed=request.speed,
                                     speaker_id=request.speaker_id if voice is request.voice
                                     else None)
             for text in texts

@@ -33,7 +33,7 @@ LONG_TEXT = (
 
 
 def unit(text: str) -> protocol.SynthesizeUnit:
-    return protocol.SynthesizeUnit(unit_id=0, voice="joe", text=text)
+    return protocol.SynthesizeUnit(work_id=0, voice="joe", text=text)
 
 
 def settings(**values) -> BatchingSettings:

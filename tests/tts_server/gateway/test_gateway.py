@@ -32,24 +32,26 @@ async def call(url: str, path: str = "/api/voices", method: str = "GET", **kwarg
             return response.status, response.headers.copy(), await response.read()
 
 
-async def test_token_matrix(running_server):
-    server = running_server({"auth": {"tokens": TOKENS}})
-    status, headers, body = await call(server.url)
+async def test_token_matrix(app_client):
+    client = await app_client({"auth": {"tokens": TOKENS}})
+    status, headers, body = await client.call("GET", "/api/voices")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     assert b"missing_token" in body
-    status, _, body = await call(server.url, headers=bearer("wrong"))
+    status, _, body = await client.call("GET", "/api/voices", headers=bearer("wrong"))
     assert status == 401 and b"invalid_token" in body
-    status, _, _ = await call(server.url, headers={"Authorization": f"Basic {VIP}"})
+    status, _, _ = await client.call(
+        "GET", "/api/voices", headers={"Authorization": f"Basic {VIP}"}
+    )
     assert status == 401
     for token, limit in ((VIP, "100"), (STANDARD, "20")):
-        status, headers, _ = await call(server.url, headers=bearer(token))
+        status, headers, _ = await client.call("GET", "/api/voices", headers=bearer(token))
         assert status == 200
         assert headers["X-RateLimit-Limit"] == limit  # the tier's burst
-    status, _, body = await call(
-        server.url, "/api/tts", "POST", json={"text": "Hello."}, headers=bearer(STANDARD)
+    status, _, body = await client.call(
+        "POST", "/api/tts", json={"text": "Hello."}, headers=bearer(STANDARD)
     )
     assert status == 200 and body[:4] == b"RIFF"
-    assert (await call(server.url, "/readyz"))[0] == 200  # probes stay open by default
+    assert (await client.call("GET", "/readyz"))[0] == 200  # probes stay open by default
 
 
 async def test_revoked_token_stops_working_after_sighup(running_server, tmp_path):
@@ -70,15 +72,13 @@ async def test_revoked_token_stops_working_after_sighup(running_server, tmp_path
     assert server.process.poll() is None  # SIGHUP reloads, it does not stop the server
 
 
-async def test_tier_without_a_feature_gets_403(running_server):
+async def test_tier_without_a_feature_gets_403(app_client):
     tiers = {"standard": {"features": ["tts"]}}
-    server = running_server({"auth": {"tokens": TOKENS}, "limits": {"tiers": tiers}})
+    client = await app_client({"auth": {"tokens": TOKENS}, "limits": {"tiers": tiers}})
     body = {"text": "Hello.", "stream": True}
-    status, _, payload = await call(
-        server.url, "/api/tts", "POST", json=body, headers=bearer(STANDARD)
-    )
+    status, _, payload = await client.call("POST", "/api/tts", json=body, headers=bearer(STANDARD))
     assert status == 403 and b"feature_not_allowed" in payload
-    status, _, _ = await call(server.url, "/api/tts", "POST", json=body, headers=bearer(VIP))
+    status, _, _ = await client.call("POST", "/api/tts", json=body, headers=bearer(VIP))
     assert status == 200
 
 
@@ -143,18 +143,18 @@ async def test_unreachable_redis_with_closed_policy_answers_503(running_server, 
     assert status == 503 and b"limiter_unavailable" in body and "Retry-After" in headers
 
 
-async def test_character_quota_runs_out_sooner_for_long_texts(running_server):
+async def test_character_quota_runs_out_sooner_for_long_texts(app_client):
     tiers = {"standard": {"chars_per_min": 600, "requests_per_s": 100.0, "burst": 100}}
     tokens = [*TOKENS, token_entry("other", "other-token", "standard")]
-    server = running_server({"auth": {"tokens": tokens}, "limits": {"tiers": tiers}})
+    client = await app_client({"auth": {"tokens": tokens}, "limits": {"tiers": tiers}})
     long_text = ("A long sentence that costs many characters of the quota. " * 5)[:290]
     short_text = "Short and cheap text, 30 chars"
 
     async def spend(token: str, text: str, attempts: int) -> list[int]:
         statuses = []
         for _ in range(attempts):
-            status, _, body = await call(
-                server.url, "/api/tts", "POST", json={"text": text}, headers=bearer(token)
+            status, _, body = await client.call(
+                "POST", "/api/tts", json={"text": text}, headers=bearer(token)
             )
             statuses.append(status)
             if status == 429:
@@ -165,25 +165,26 @@ async def test_character_quota_runs_out_sooner_for_long_texts(running_server):
     short_statuses = await spend("other-token", short_text, 24)
     assert long_statuses[:2] == [200, 200] and long_statuses[2:] == [429, 429]
     assert 20 <= short_statuses.count(200) <= 22
-    status, _, body = await call(
-        server.url, "/api/tts", "POST", json={"text": "x" * 700}, headers=bearer(VIP)
+    status, _, body = await client.call(
+        "POST", "/api/tts", json={"text": "x" * 700}, headers=bearer(VIP)
     )
     assert status == 200  # the vip tier's quota is larger
-    status, _, body = await call(
-        server.url, "/api/tts", "POST", json={"text": "y " * 400}, headers=bearer(STANDARD)
+    status, _, body = await client.call(
+        "POST", "/api/tts", json={"text": "y " * 400}, headers=bearer(STANDARD)
     )
     assert status == 413 and b"text_exceeds_quota" in body
 
 
 @pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
-async def test_forwarded_for_counts_only_from_trusted_proxies(running_server, trusted):
+async def test_forwarded_for_counts_only_from_trusted_proxies(app_client, trusted):
     overrides = {
         "auth": {"allow_anonymous": True, "trusted_proxies": trusted},
         "limits": {"tiers": {"anonymous": {"requests_per_s": 0.1, "burst": 2}}},
     }
-    server = running_server(overrides)
+    client = await app_client(overrides)
     statuses = [
-        (await call(server.url, headers={"X-Forwarded-For": f"203.0.113.{i}"}))[0] for i in range(4)
+        (await client.call("GET", "/api/voices", headers={"X-Forwarded-For": f"203.0.113.{i}"}))[0]
+        for i in range(4)
     ]
     if trusted:
         assert statuses == [200] * 4  # four different clients behind the proxy
@@ -191,10 +192,8 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(running_server, tr
         assert statuses == [200, 200, 429, 429]  # spoofed header ignored: one client
 
 
-async def test_access_policies_for_probes(running_server):
-    server = running_server(
-        {"auth": {"tokens": TOKENS, "probe_access": "token"}}, probe_token=STANDARD
-    )
-    assert (await call(server.url, "/readyz"))[0] == 401
-    assert (await call(server.url, "/readyz", headers=bearer(STANDARD)))[0] == 200
-    assert (await call(server.url, "/healthz", headers=bearer(VIP)))[0] == 200
+async def test_access_policies_for_probes(app_client):
+    client = await app_client({"auth": {"tokens": TOKENS, "probe_access": "token"}})
+    assert (await client.call("GET", "/readyz"))[0] == 401
+    assert (await client.call("GET", "/readyz", headers=bearer(STANDARD)))[0] == 200
+    assert (await client.call("GET", "/healthz", headers=bearer(VIP)))[0] == 200
