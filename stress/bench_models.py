@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from inference import quantize
 from inference.batch_engine import BUCKET_EDGES, BUCKET_NAMES, BatchEngine, bucket_for
 from inference.corpus import corpus, eval_sentences
 from inference.protocol import VoiceFiles
 from inference.quantize import FP32, data_dir_default, default_voice, ensure_variant
+from inference.tools.variants import GRID, resolve
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 from stress.stats import percentile_or_nan as percentile
 from tts_server.config import VoiceSettings
@@ -224,7 +224,7 @@ def level_inputs(
 
 
 def decision_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, object]:
-    int8 = ensure_variant(source, args.int8, args.data_dir)
+    int8 = ensure_variant(source, resolve(args.int8), args.data_dir)
     models = {FP32: source, args.int8: int8}
     configs = [(m, b) for m in models for b in (False, True)]
     all_ids = phoneme_ids(source, corpus())
@@ -294,7 +294,7 @@ def print_decision(table: list[dict], baseline: str) -> None:
 
 def raw_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
     variants = [FP32, *args.variants]
-    files = {v: ensure_variant(source, v, args.data_dir) for v in variants}
+    files = {v: ensure_variant(source, resolve(v), args.data_dir) for v in variants}
     all_ids = phoneme_ids(source, corpus())
     seqs = level_inputs(all_ids, 64, args.scale, 0)
     shapes = [(args.workers, 1), (1, args.workers)]
@@ -360,7 +360,7 @@ def raw_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
 
 def grid_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
     """Per bucket, batch size and thread count: per-item cost batched vs one by one."""
-    files = ensure_variant(source, args.grid_model, args.data_dir)
+    files = ensure_variant(source, resolve(args.grid_model), args.data_dir)
     all_ids = phoneme_ids(source, corpus())
     by_bucket: dict[int, list[list[int]]] = collections.defaultdict(list)
     for ids in all_ids:
@@ -423,7 +423,7 @@ def compare_run(args: argparse.Namespace, source: VoiceFiles) -> list[dict]:
     names = [FP32, *[v for v in args.variants if v != FP32]]
     sessions = {
         n: make_session(
-            ensure_variant(source, n, args.data_dir).model_path,
+            ensure_variant(source, resolve(n), args.data_dir).model_path,
             args.threads,
             ThreadPlan(intra_op_threads=args.threads),
         )
@@ -483,7 +483,7 @@ def profile_run(args: argparse.Namespace, source: VoiceFiles) -> dict[str, dict[
     )
     out = {}
     for variant in [FP32, *args.variants]:
-        files = ensure_variant(source, variant, args.data_dir)
+        files = ensure_variant(source, resolve(variant), args.data_dir)
         prefix = Path(args.profile_dir) / f"profile-{variant}"
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -598,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["grid"] = grid_run(args, source)
     elif args.compare:
         if args.variants == ["all"]:
-            args.variants = list(quantize.VARIANTS)
+            args.variants = list(GRID)
         report["compare"] = compare_run(args, source)
     elif args.raw:
         report["raw"] = raw_run(args, source)
@@ -610,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from inference.wer import evaluate_variants, format_reports
 
             reports = evaluate_variants(
-                source, [args.int8], eval_sentences(args.wer_count), args.data_dir
+                source, [resolve(args.int8)], eval_sentences(args.wer_count), args.data_dir
             )
             print("\n" + format_reports(reports))
             report["wer"] = {

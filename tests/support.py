@@ -94,3 +94,11 @@ class Client:
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         status, _, body = await self.call("GET", path, **kwargs)
         return json.loads(body) if body else None
+
+
+async def post_tts(url: str, body: Any, **kwargs: Any) -> tuple[int, Any, bytes]:
+    """One POST /api/tts to a server process on its own connection: (status, headers, body)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        return await Client.at(session, url).post_tts(body, **kwargs)

@@ -12,6 +12,7 @@ import pytest
 
 from inference import corpus, quantize, wer
 from inference.protocol import VoiceFiles
+from inference.tools import variants
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 from tests.inference.conftest import JOE
 from tts_server.config import VoiceSettings
@@ -20,7 +21,7 @@ DETERMINISTIC = SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0)
 # The recommended INT8 recipe is the one under test: it is what a server would load.
 VARIANT = VoiceSettings().int8_recipe  # the served recipe
 # A handful of held-out sentences, chosen by length only (<= 12 words keeps the test quick):
-# the 60-sentence gate itself is measured by `python -m inference.wer` / stress.bench_models.
+# the 60-sentence gate itself is measured by `python -m inference.tools.wer` / stress.bench_models.
 GATE_SENTENCES = 8
 GATE_MAX_WORDS = 12
 
@@ -94,12 +95,12 @@ def test_a_cached_variant_is_not_rebuilt(int8_files, data_dir):
 
 
 def test_a_changed_recipe_rebuilds(data_dir):
-    files = quantize.ensure_variant(JOE, "dyn-matmul", data_dir)
+    files = quantize.ensure_variant(JOE, variants.get("dyn-matmul"), data_dir)
     recipe = quantize.variant_paths(JOE, "dyn-matmul", data_dir)[2]
     before = Path(files.model_path).stat().st_mtime_ns
     recipe.write_text('{"stale": true}')
     time.sleep(0.01)
-    quantize.ensure_variant(JOE, "dyn-matmul", data_dir)
+    quantize.ensure_variant(JOE, variants.get("dyn-matmul"), data_dir)
     assert Path(files.model_path).stat().st_mtime_ns != before
     assert "stale" not in recipe.read_text()
 
@@ -125,7 +126,7 @@ def test_fp32_is_the_source_and_unknown_variants_are_refused(data_dir):
 
 
 def test_cli_lists_variants(capsys):
-    assert quantize.main(["--list"]) == 0
+    assert variants.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert VARIANT in out and "dyn-all" in out
 

