@@ -148,3 +148,15 @@ def wait_port(port: int, child: Child, timeout_s: float, host: str = "127.0.0.1"
         if time.monotonic() > deadline:
             raise RuntimeError(f"{child.name} did not listen on {host}:{port} in {timeout_s:g} s")
         time.sleep(0.05)
+
+
+def consecutive_free_ports(count: int, low: int = 20000, high: int = 40000) -> int:
+    """The first of `count` consecutive free loopback ports (for --port and the instances)."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(low, high - count)
+        if not any(port_in_use(p) for p in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports in {low}..{high}")
