@@ -138,8 +138,7 @@ class Instance:
                 raise ClusterError(f"{self.child.name}: /readyz answers {status}; the launcher "
                                    "needs auth.probe_access = \"open\" or \"loopback\"")
             if time.monotonic() > deadline:
-                raise ClusterError(f"{self.child.name} not ready in {timeout_s:g} s "
-                                   f"(log: {self.log_path})")
+                raise ClusterError(f"{self.child.name} not ready in {timeout_s:g} s")
             time.sleep(0.2)
 
     def _last_line(self) -> str:
@@ -183,7 +182,7 @@ class Instance:
 class Cluster:
     def __init__(self, options: ClusterOptions) -> None:
         self.options = options
-        self._own_run_dir = options.run_dir is None
+        self._keep_run_dir = options.run_dir is not None
         self.run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="tts-cluster-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis: SharedRedis | None = None
@@ -275,6 +274,10 @@ class Cluster:
             for instance in self.instances:
                 instance.wait_ready(self.options.ready_timeout_s)
             self._start_nginx(nginx_binary)
+        except ClusterError as exc:
+            self._keep_run_dir = True  # the logs say why
+            self.stop()
+            raise ClusterError(f"{exc} (logs in {self.run_dir})") from None
         except BaseException:
             self.stop()
             raise
@@ -351,7 +354,7 @@ class Cluster:
                 instance.force_stop()
             for child in self.children():
                 child.kill_group()
-            if self._own_run_dir:
+            if not self._keep_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def children(self) -> list[Child]:

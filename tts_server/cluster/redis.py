@@ -90,8 +90,8 @@ class SharedRedis:
                     raise RuntimeError(f"redis-server did not start on port {self.port}:\n"
                                        f"{tail}") from None
                 time.sleep(0.05)
-        LOG.info("redis-server %s (%s) on %s, AOF in %s", redis_version(self.binary),
-                 self.binary, self.url, self.data_dir)
+        LOG.info("redis-server %s (%s): pid %d, %s, AOF in %s", redis_version(self.binary),
+                 self.binary, self.child.pid, self.url, self.data_dir)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
