@@ -102,7 +102,7 @@ async def steady_load(url: str, clients: int, stop: asyncio.Event, tag: str,
                     result.cache[response.headers.get("X-Cache", "")] += 1
                     if response.status != 200:
                         result.errors.append(f"{response.status} {body[:200]!r}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 result.errors.append(f"{type(exc).__name__}: {exc}")
 
     connector = aiohttp.TCPConnector(limit=clients)

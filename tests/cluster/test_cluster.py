@@ -12,7 +12,6 @@ import hashlib
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -72,8 +73,6 @@ def shm_segments_of(pid: int) -> list[str]:
 
 def _proxy_source() -> str:
     """127.0.0.2 when this machine routes it (Linux: all of 127/8), else 127.0.0.1."""
-    import socket
-
     with socket.socket() as sock:
         try:
             sock.bind((PROXY_BIND, 0))
@@ -333,22 +332,7 @@ class Cluster:
             return
         self._stopped = True
         try:
-            if self.nginx is not None:
-                LOG.info("stopping nginx")
-                drain = self.settings.server.drain_timeout_s if self.settings else 30.0
-                self.nginx.stop(timeout_s=drain + 5)
-            running = [i for i in self.instances if i.child.running()]
-            if running:
-                LOG.info("stopping %d instances", len(running))
-            for instance in running:
-                instance.terminate()
-            for instance in self.instances:
-                code = instance.stop(self.instance_stop_timeout_s)
-                if instance in running:
-                    LOG.info("%s exited with %s", instance.child.name, code)
-            if self.redis is not None:
-                LOG.info("stopping redis-server")
-                self.redis.stop()
+            self._stop_in_order()
         finally:
             for instance in self.instances:
                 instance.force_stop()
@@ -356,6 +340,23 @@ class Cluster:
                 child.kill_group()
             if not self._keep_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _stop_in_order(self) -> None:
+        drain_s = self.settings.server.drain_timeout_s if self.settings else 30.0
+        if self.nginx is not None:
+            LOG.info("stopping nginx")
+            self.nginx.stop(timeout_s=drain_s + 5)
+        running = [i for i in self.instances if i.child.running()]
+        if running:
+            LOG.info("stopping %d instances", len(running))
+        for instance in running:
+            instance.terminate()
+        for instance in running:
+            code = instance.stop(self.instance_stop_timeout_s)
+            LOG.info("%s exited with %s", instance.child.name, code)
+        if self.redis is not None:
+            LOG.info("stopping redis-server")
+            self.redis.stop()
 
     def children(self) -> list[Child]:
         found = [self.nginx.child] if self.nginx and self.nginx.child else []

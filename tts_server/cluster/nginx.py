@@ -35,11 +35,12 @@ Why each directive is what it is, for TTS:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,9 @@ class Site:
 
 
 def _error_json(code: str, message: str) -> str:
-    return "'{\"error\": {\"code\": \"%s\", \"message\": \"%s\"}}'" % (code, message)
+    """The server's error body, quoted for nginx's return directive."""
+    assert "'" not in message
+    return "'" + json.dumps({"error": {"code": code, "message": message}}) + "'"
 
 
 def _proxy_block(site: Site, indent: str, retry_non_idempotent: bool) -> list[str]:
