@@ -248,6 +248,10 @@ def faults(target: Target, args: argparse.Namespace) -> None:
     print(f"  {target.name}: rolling restart under load", file=sys.stderr)
     seconds = max(args.fault_seconds, 12.0 * len(target.cluster.instances))
     target.add("rolling", stress(target, steady, seconds, 6000, rolling(target)))
+    time.sleep(1.2)  # nginx flushes its access log every second
+    log = (target.cluster.nginx.prefix / "access.log").read_text().splitlines()
+    for line in [x for x in log if "/api/tts" in x and '" 200 ' not in x][:20]:
+        print(f"    not 200: {line}", file=sys.stderr)
 
 
 # ---- one request at a time ------------------------------------------------------------------
@@ -331,8 +335,11 @@ def print_report(one: Target, three: Target, alone: Target,
     print("|---|---:|---:|")
     for key, label in (("kill", "SIGKILL one instance, restart it 3 s later"),
                        ("rolling", "rolling restart (SIGTERM, wait /readyz, next)")):
-        a, b = one.results[key], three.results[key]
-        print(f"| {label} | {a.failed} of {a.requests} | {b.failed} of {b.requests} |")
+        cells = []
+        for load in (one.results[key], three.results[key]):
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(load.errors.items()))
+            cells.append(f"{load.failed} of {load.requests}" + (f" ({kinds})" if kinds else ""))
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
     base = hops["standalone"]
     print(f"\nOne request at a time, one keep-alive connection (medians of {args.hop_rounds}"
           " rounds): the price of the parts")
