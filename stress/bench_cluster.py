@@ -366,7 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="kill run length; the rolling run lasts 12 s per instance or more")
     parser.add_argument("--fault-rate", type=float, default=4.0,
                         help="arrivals per second (unique texts) during the faults (4)")
-    parser.add_argument("--hop-rounds", type=int, default=5, help="one-at-a-time rounds (5)")
+    parser.add_argument("--hop-rounds", type=int, default=10, help="one-at-a-time rounds (10)")
     parser.add_argument("--json", type=Path, help="write every number as JSON")
     return parser.parse_args(argv)
 

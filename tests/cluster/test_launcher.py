@@ -149,3 +149,22 @@ def test_an_instance_that_cannot_start_stops_the_rest(tmp_path):
     assert len(errors) == 1 and "exited with 3: cannot start the inference pool" in errors[0]
     assert errors[0].endswith(f"(logs in {tmp_path / 'run'})")
     assert_nothing_left(started_pids("\n".join(lines)), [port, port + 1, port + 2])
+
+
+def test_a_killed_launcher_takes_its_children_with_it(tmp_path):
+    """SIGKILL of the launcher itself (no chance to clean up): the kernel's parent-death
+    signal stops nginx, the instances and Redis, and the instances unlink their memory."""
+    process, log, port = launcher(tmp_path)
+    try:
+        wait_for_line(process, log, r"cluster ready: .*")
+        pids = started_pids(log.read_text())
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while any(group_members(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert_nothing_left(pids, [port, port + 1, port + 2])
