@@ -106,6 +106,8 @@ def run_to_exit(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    if code == 2:  # refused before anything started: not even its folders were made
+        assert not (tmp_path / "run").exists() and not (tmp_path / "redis").exists()
     return code, log.read_text().splitlines(), port
 
 

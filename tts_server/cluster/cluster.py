@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Settings, load_settings
+from ..config import ConfigError, Settings, load_settings
 from .nginx import PROXY_BIND, NginxProcess, Site, find_nginx, nginx_version
 from .processes import Child, free_port, port_in_use
 from .redis import SharedRedis, ping
@@ -182,8 +182,7 @@ class Cluster:
     def __init__(self, options: ClusterOptions) -> None:
         self.options = options
         self._keep_run_dir = options.run_dir is not None
-        self.run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="tts-cluster-"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._run_dir = options.run_dir
         self.redis: SharedRedis | None = None
         self.redis_url = options.redis_url
         self.instances: list[Instance] = []
@@ -192,9 +191,18 @@ class Cluster:
         self.url = f"http://127.0.0.1:{options.port}"
         self._stopped = False
 
+    @property
+    def run_dir(self) -> Path:
+        """Logs, the nginx prefix and (by default) Redis's data: made on first use, so a
+        launch refused before anything starts leaves no folder behind."""
+        if self._run_dir is None:
+            self._run_dir = Path(tempfile.mkdtemp(prefix="tts-cluster-"))
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        return self._run_dir
+
     # ---- checks before anything starts ------------------------------------------------------
 
-    def preflight(self) -> tuple[str, Settings]:
+    def preflight(self) -> str:
         """Everything that can be refused before a process starts; ClusterError if not."""
         options = self.options
         if options.instances < 1:
@@ -221,12 +229,10 @@ class Cluster:
                 ping(options.redis_url)
             except RuntimeError as exc:
                 raise ClusterError(str(exc)) from None
-        settings = self._settings(self._instance_env("redis://127.0.0.1:1/0"))
-        return nginx, settings
+        self._settings(self._instance_env("redis://127.0.0.1:1/0"))  # the config is valid
+        return nginx
 
     def _settings(self, env: Mapping[str, str]) -> Settings:
-        from ..config import ConfigError
-
         try:
             return load_settings(self.options.config, env)
         except ConfigError as exc:
@@ -259,7 +265,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         """Start Redis, the instances, nginx; on any failure stop what started, then raise."""
-        nginx_binary, _ = self.preflight()
+        nginx_binary = self.preflight()
         try:
             self._start_redis()
             env = self._instance_env(self.redis_url)
@@ -338,8 +344,8 @@ class Cluster:
                 instance.force_stop()
             for child in self.children():
                 child.kill_group()
-            if not self._keep_run_dir:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if not self._keep_run_dir and self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def _stop_in_order(self) -> None:
         drain_s = self.settings.server.drain_timeout_s if self.settings else 30.0
