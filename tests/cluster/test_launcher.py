@@ -170,3 +170,22 @@ def test_a_killed_launcher_takes_its_children_with_it(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert_nothing_left(pids, [port, port + 1, port + 2])
+
+
+def test_an_instance_that_dies_is_restarted(tmp_path):
+    process, log, port = launcher(tmp_path)
+    try:
+        wait_for_line(process, log, r"cluster ready: .*")
+        first = int(re.search(r"instance 1 \(:\d+\): pid (\d+)", log.read_text()).group(1))
+        os.kill(first, signal.SIGKILL)
+        back = wait_for_line(process, log, r"instance 1 \(:\d+\) is back \(pid \d+\)")
+        assert "exited with -9; restarting it" in log.read_text()
+        pids = started_pids(log.read_text()) + [int(re.search(r"pid (\d+)", back).group(1))]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(90) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert_nothing_left([p for p in pids if p != first], [port, port + 1, port + 2])
+    assert not group_members(first) and not shm_segments_of(first)

@@ -105,6 +105,7 @@ def supervise(cluster: Cluster) -> None:
             if not instance.child.running():
                 LOG.warning("%s exited with %s; restarting it", instance.child.name,
                             instance.child.process.returncode)
+                instance.force_stop()  # what it left: workers, shared memory
                 instance.start()
                 instance.wait_ready(cluster.options.ready_timeout_s)
                 LOG.info("%s is back (pid %d)", instance.child.name, instance.pid)
