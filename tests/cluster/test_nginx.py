@@ -257,3 +257,18 @@ async def test_a_slow_reader_slows_the_instance_instead_of_filling_a_temp_file(p
     await asyncio.sleep(2.0)  # read nothing
     assert flood.flood_done_s is None
     writer.close()
+
+
+async def test_instances_all_marked_failed_are_still_asked(proxy, upstreams, session):
+    """Passive health counts 503s as failures: once every instance shed a few requests,
+    each is out for fail_timeout. nginx must still pass their own answers on (the backup
+    entries), not answer "no live upstreams" itself."""
+    shed = {"status": 503, "headers": {"Retry-After": "7", "Content-Type": "application/json"},
+            "body": b'{"error": {"code": "shedding", "message": "busy"}}'}
+    first, second = await upstreams(mode="status", **shed), await upstreams(mode="status", **shed)
+    front = proxy([first, second], max_fails=1)
+    for _ in range(4):
+        async with session.post(front.url + "/api/tts", json={"text": "hi"}) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "shedding"
+            assert response.headers["Retry-After"] == "7"

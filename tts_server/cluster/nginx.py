@@ -26,7 +26,11 @@ Why each directive is what it is, for TTS:
   address (auth.trusted_proxies); locally nginx connects from its own loopback address
   (proxy_bind 127.0.0.2), so a local client that skips nginx cannot claim one either.
 - Passive health: max_fails failures (errors, timeouts, 503s) within fail_timeout take
-  an instance out for fail_timeout.
+  an instance out for fail_timeout. Because 503s count, a cluster whose every instance
+  sheds would be taken out whole, and nginx would answer "no live upstreams" for
+  fail_timeout even to requests the instances would serve (seen in bench_cluster under a
+  crowded CPU). Each instance is therefore listed a second time as a backup that never
+  counts as failed: with every primary out, nginx still asks the instances.
 - The instances' own responses (JSON errors, 429 and 503 with Retry-After) pass through
   untouched. What nginx itself would answer (no instance answered: 502/504, body too
   large: 413) is rewritten into the server's JSON error shape, with Retry-After on 503.
@@ -136,6 +140,10 @@ def render_site(site: Site) -> str:
     retry = site.retry_after_s
     servers = [f"    server {u} max_fails={site.max_fails} fail_timeout={site.fail_timeout_s}s;"
                for u in site.upstreams]
+    # The same instances again as backups that never count as failed: when passive health
+    # has taken every instance out (all shedding 503s at once, say), nginx still asks them
+    # and passes their own answer on, instead of "no live upstreams" for fail_timeout.
+    backups = [f"    server {u} backup max_fails=0;" for u in site.upstreams]
     comment = [f"# {line}".rstrip() for line in site.extra_comment]
     lines = [
         *comment,
@@ -143,6 +151,7 @@ def render_site(site: Site) -> str:
         "    zone tts_instances 64k;",
         "    least_conn;",
         *servers,
+        *backups,
         f"    keepalive {site.keepalive};",
         "    keepalive_timeout 60s;",  # below the instances' own idle timeout
         "}",
