@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,8 @@ import aiohttp
 import psutil
 
 from stress.texts import SEED_TEXTS, news_sentence
-from tts_server.cluster import Cluster, ClusterOptions
-from tts_server.cluster.processes import Child, consecutive_free_ports, group_members, wait_port
+from tts_server.cluster import Cluster, ClusterOptions, Instance
+from tts_server.cluster.processes import consecutive_free_ports, group_members
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"  # stress's default; the seed's script sends it too
@@ -163,14 +162,13 @@ def stress(target: Target, scenario: list[str], seconds: float, seed: int,
 @contextmanager
 def standalone(folder: Path) -> Iterator[Target]:
     port = consecutive_free_ports(1)
-    env = {**os.environ, **BENCH_ENV}
-    child = Child("standalone", [sys.executable, "-m", "tts_server", "--port", str(port)],
-                  folder / "standalone.log", env=env, cwd=REPO).start()
+    server = Instance(0, port, None, {**os.environ, **BENCH_ENV}, folder).start()
+    server.child.name = "standalone"
     try:
-        wait_port(port, child, 300)
-        yield Target("standalone", f"http://127.0.0.1:{port}", lambda: [child.pid])
+        server.wait_ready(300)
+        yield Target("standalone", server.url, lambda: [server.pid])
     finally:
-        child.stop(signal.SIGTERM, 60)
+        server.stop(60)  # past it: SIGKILL, and its shared memory unlinked
 
 
 @contextmanager
