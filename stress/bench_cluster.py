@@ -327,6 +327,11 @@ def print_report(one: Target, three: Target, alone: Target,
                                 ("others' CPU %", "others_cpu_pct", 0),
                                 ("failed requests", "failed", 0)):
         print(_row(label, [getattr(x, attr) for x in unique], digits))
+    # On a shared machine the targets get different shares of the CPU; per CPU-second of
+    # the servers' own processes the comparison does not depend on the neighbours.
+    per_cpu = [x.audio_per_s / (x.server_cpu_pct / 100) if x.server_cpu_pct else 0.0
+               for x in unique]
+    print(_row("audio-s per server CPU-s", per_cpu, 1))
     print(f"\nFaults under load (python -m stress open --rates {args.fault_rate:g} --texts"
           " unique), failed client requests:")
     print("| fault | nginx + 1 instance | nginx + 3 instances |")
