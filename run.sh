@@ -3,6 +3,7 @@
 #   ./run.sh [--host H] [--port P] [--config FILE] [--workers N]   serve (default 127.0.0.1:8080)
 #   ./run.sh test [pytest args]                                    run the test suite
 #   ./run.sh bench [args]                                          throughput benchmark
+#   ./run.sh cluster [--instances N] [--port P] [args]             redis + N instances + nginx
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -42,17 +43,40 @@ ensure_browser() {
     fi
 }
 
+# The cluster (and its tests) put Debian's nginx in front; install it when we can.
+ensure_nginx() {
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || [ -n "${TTS_NGINX:-}" ]; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's nginx for the cluster" >&2
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq --no-install-recommends nginx; } >&2; then
+            echo "could not install nginx: the cluster tests will be skipped" >&2
+        fi
+    else
+        echo "no nginx (install Debian's nginx): the cluster tests will be skipped" >&2
+    fi
+}
+
 case "${1:-}" in
     test)
         shift
         ensure_env test,bench
         ensure_browser
+        ensure_nginx
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     bench)
         shift
         ensure_env test,bench
         exec "$VENV/bin/python" -m stress.throughput "$@"
+        ;;
+    cluster)
+        shift
+        ensure_env test,bench
+        ensure_nginx
+        exec "$VENV/bin/python" -m tts_server.cluster "$@"
         ;;
     *)
         ensure_env test,bench
