@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from inference.protocol import SHM_NAME_PREFIX
+# One definition of each, beside the cluster launcher that needs them at run time.
+from tts_server.cluster.cluster import shm_segments_of
+from tts_server.cluster.processes import free_port
+
+__all__ = ["REPO", "ServerProcess", "free_port", "http_status", "shm_segments_of", "wait_http"]
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_status(url: str, headers: Mapping[str, str] | None = None,
@@ -57,11 +53,6 @@ def wait_http(url: str, process: subprocess.Popen, timeout_s: float = 180,
             return
         time.sleep(0.2)
     raise TimeoutError(url)
-
-
-def shm_segments_of(pid: int) -> list[str]:
-    """The shared-memory slabs a front process with this pid created (inference.protocol)."""
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_NAME_PREFIX}{pid}-")]
 
 
 class ServerProcess:

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import ConfigError, load_settings
+from tts_server.config import ConfigError, load_settings
+
 from .cluster import REPO, Cluster, ClusterError, ClusterOptions
 from .nginx import Site, render_site
 

@@ -27,7 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, Settings, load_settings
+from inference.protocol import SHM_NAME_PREFIX
+from tts_server.config import ConfigError, Settings, load_settings
+
 from .nginx import PROXY_BIND, NginxProcess, Site, find_nginx, nginx_version
 from .processes import Child, free_port, port_in_use
 from .redis import SharedRedis, ping
@@ -64,9 +66,9 @@ class ClusterOptions:
 
 
 def shm_segments_of(pid: int) -> list[str]:
-    """The server names its shared memory tts-<front pid>-...; these belong to `pid`."""
+    """The shared-memory slabs a front process with this pid created (inference.protocol)."""
     try:
-        return [n for n in os.listdir("/dev/shm") if n.startswith(f"tts-{pid}-")]
+        return [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_NAME_PREFIX}{pid}-")]
     except OSError:
         return []
 

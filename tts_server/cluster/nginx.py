@@ -49,7 +49,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Settings
+from tts_server.config import Settings
+
 from .processes import Child, wait_port
 
 ENV_BINARY = "TTS_NGINX"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import redis
 
-from ..redis_server import find_redis_server
+from tts_server.cache.redis_server import find_redis_server
+
 from .processes import Child
 
 LOG = logging.getLogger("tts.cluster")
