@@ -14,9 +14,9 @@ layout: the Mandarin voice in the Piper workers (one pool, each worker holds bot
   its own pool, through the real InferencePool: memory per worker, audio-seconds per
   wall-second on a mixed load (half English sentences, half Chinese paragraphs).
 seed: the seed's user model (think 1-3 s, voice "female", one token) at each user count,
-  first on the seed's three payloads (cached, as the seed ran), then on unique sentences
-  (nothing cached): QPS, P95, errors, and the refusals (503 + Retry-After) and how fast
-  they come.
+  first `python -m stress seed` itself on the seed's three payloads (cached, as the seed
+  ran), then the same users on unique sentences (nothing cached): QPS, audio-s/s, P95,
+  errors, and the refusals (503 + Retry-After) and how fast they come.
 
 Every server started here accepts the non-commercial licence (the voice exists only then).
 """
@@ -342,9 +342,14 @@ def report_throughput(raw: dict[str, float], http: dict[str, object], workers: i
 
 
 def run_throughput(args: argparse.Namespace) -> dict[str, object]:
+    """Raw before and after the server, averaged: a shared machine's load drifts."""
     levels = [int(x) for x in args.levels.split(",")]
-    raw = measure_raw(args)
+    before = measure_raw(args)
     http = asyncio.run(measure_http(args, levels))
+    after = measure_raw(args)
+    raw = {key: (before[key] + after[key]) / 2 for key in before}
+    for key in ("raw_multi", "raw_solo"):
+        print(f"{key}: before {before[key]:.2f}, after {after[key]:.2f} audio-s/s")
     report_throughput(raw, http, args.workers)
     return {**raw, "ttfa_ms": http["ttfa_ms"],
             "server": [asdict(r) for r in http["server"]]}  # type: ignore[attr-defined]
@@ -396,42 +401,64 @@ def _memory(pools) -> dict[str, float]:
     return {name: round(statistics.mean(values), 1) for name, values in out.items()}
 
 
-async def _mixed_load(pools, seconds: float, clients: int, seed: int) -> dict[str, float]:
-    """`clients` closed-loop clients, even ones English sentences, odd ones Chinese
-    paragraphs (all their units at once, as the server submits them)."""
+async def _mixed_load(pools, seconds: float, clients: int, seed: int,
+                      kinds: tuple[str, ...] = ("en", "zh")) -> dict[str, dict[str, float]]:
+    """`clients` closed-loop clients, alternating over `kinds`: "en" sends one English
+    sentence to joe, "zh" one Chinese paragraph's units to the Mandarin voice (all at
+    once, as the server submits a request). Per voice: audio-s/s and latency."""
     from inference import protocol
 
-    names = list(pools)
     english = iter(news_texts(100_000, seed, 3_000_000))
     chinese = iter(zh_corpus.paragraphs(20_000, seed, 3_000_000))
-    audio = {name: 0.0 for name in names}
+    voice = {"en": "joe", "zh": models_voice_name()}
+    audio = {name: 0.0 for name in voice.values()}
+    latency: dict[str, list[float]] = {name: [] for name in voice.values()}
     deadline = time.monotonic() + seconds
 
-    async def client(index: int) -> None:
-        name = names[index % 2]
+    async def client(kind: str) -> None:
+        name = voice[kind]
         pool = pools[name]
         while time.monotonic() < deadline:
-            texts = [next(english)] if index % 2 == 0 else units_of(next(chinese))
+            texts = [next(english)] if kind == "en" else units_of(next(chinese))
             units = [protocol.SynthesizeUnit(0, name, text) for text in texts]
+            started = time.monotonic()
             for result in await asyncio.gather(*pool.submit(pool.new_request_key(), units)):
                 audio[name] += len(result.pcm) / 2 / result.sample_rate
+            latency[name].append((time.monotonic() - started) * 1000)
 
     started = time.monotonic()
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    await asyncio.gather(*(client(kinds[i % len(kinds)]) for i in range(clients)))
     wall = time.monotonic() - started
-    return {name: round(value / wall, 2) for name, value in audio.items()}
+    return {name: {"audio_s_per_s": round(audio[name] / wall, 2),
+                   "p50_ms": round(percentile(latency[name], 50)),
+                   "p95_ms": round(percentile(latency[name], 95))}
+            for name in audio if latency[name]}
+
+
+def models_voice_name() -> str:
+    from inference.mandarin import VOICE_NAME
+
+    return VOICE_NAME
 
 
 async def _measure_layout(shared: bool, args: argparse.Namespace) -> dict[str, object]:
+    """Each engine alone (its capacity in this layout), then the mixed load; efficiency
+    = the sum over engines of mixed rate / alone rate (1.0: mixing costs nothing)."""
     pools = await _start_layout(shared, args.workers)
     try:
         await _mixed_load(pools, 5, 4, args.seed)  # warm: every model has run in every worker
-        rates = await _mixed_load(pools, args.seconds, args.clients, args.seed + 1)
+        alone = {}
+        for kind in ("en", "zh"):
+            alone.update(await _mixed_load(pools, args.seconds / 2, args.clients,
+                                           args.seed + 2, (kind,)))
+        mixed = await _mixed_load(pools, args.seconds, args.clients, args.seed + 1)
         memory = _memory(pools)
     finally:
         await asyncio.gather(*(p.stop() for p in {id(p): p for p in pools.values()}.values()))
-    return {"layout": "shared" if shared else "own pool", "audio_s_per_s": rates,
-            "total": round(sum(rates.values()), 2), "pss_mib_per_worker": memory}
+    efficiency = sum(mixed[name]["audio_s_per_s"] / alone[name]["audio_s_per_s"]
+                     for name in mixed)
+    return {"layout": "shared" if shared else "own pool", "alone": alone, "mixed": mixed,
+            "efficiency": round(efficiency, 3), "pss_mib_per_worker": memory}
 
 
 def run_layout(args: argparse.Namespace) -> dict[str, object]:
@@ -439,11 +466,15 @@ def run_layout(args: argparse.Namespace) -> dict[str, object]:
     for repeat in range(args.repeats):
         for shared in (repeat % 2 == 0, repeat % 2 != 0):  # alternate the order
             result = asyncio.run(_measure_layout(shared, args))
-            print(json.dumps(result, ensure_ascii=False))
+            print(json.dumps(result, ensure_ascii=False), flush=True)
             results.append(result)
     for layout in ("shared", "own pool"):
-        totals = [r["total"] for r in results if r["layout"] == layout]
-        print(f"{layout}: median {statistics.median(totals):.2f} audio-s/s over {totals}")
+        runs = [r for r in results if r["layout"] == layout]
+        efficiency = [r["efficiency"] for r in runs]
+        en_p95 = [r["mixed"]["joe"]["p95_ms"] for r in runs]
+        print(f"{layout}: mixed-load efficiency median {statistics.median(efficiency):.3f}"
+              f" over {efficiency}; English p95 under mixed load {en_p95} ms;"
+              f" PSS per worker {runs[-1]['pss_mib_per_worker']} MiB")
     return {"layout": results}
 
 
@@ -456,6 +487,7 @@ class SeedLevel:
     texts: str
     requests: int
     qps: float
+    audio_s_per_s: float
     p95_ms: float
     errors: int
     refused_503: int
@@ -471,12 +503,13 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
     ok_ms: list[float] = []
     refused_ms: list[float] = []
     errors = with_retry = 0
+    audio_s = 0.0
     engines: dict[str, int] = {}
     deadline = time.monotonic() + seconds
     headers = {"Authorization": f"Bearer {SEED_TOKEN}"}
 
     async def user(session: aiohttp.ClientSession) -> None:
-        nonlocal errors, with_retry
+        nonlocal errors, with_retry, audio_s
         while time.monotonic() < deadline:
             started = time.monotonic()
             try:
@@ -485,11 +518,13 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
                     await response.read()
                     status, retry = response.status, response.headers.get("Retry-After")
                     engine = response.headers.get("X-Engine", "?")
+                    seconds = float(response.headers.get("X-Audio-Duration", 0))
             except (aiohttp.ClientError, TimeoutError):
-                status, retry, engine = 0, None, "?"
+                status, retry, engine, seconds = 0, None, "?", 0.0
             elapsed = (time.monotonic() - started) * 1000
             if status == 200:
                 ok_ms.append(elapsed)
+                audio_s += seconds
                 engines[engine] = engines.get(engine, 0) + 1
             elif status == 503:
                 refused_ms.append(elapsed)
@@ -505,7 +540,7 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
         await asyncio.gather(*(user(session) for _ in range(users)))
         wall = time.monotonic() - started
     done = len(ok_ms) + len(refused_ms) + errors
-    return SeedLevel(users, label, done, len(ok_ms) / wall,
+    return SeedLevel(users, label, done, len(ok_ms) / wall, audio_s / wall,
                      percentile(ok_ms, 95) if ok_ms else float("nan"), errors, len(refused_ms),
                      with_retry, statistics.median(refused_ms) if refused_ms else 0.0, engines)
 
@@ -520,35 +555,41 @@ def _seed_env(cache: bool) -> dict[str, str]:
     }
 
 
-async def _seed_run(args: argparse.Namespace, cache: bool, label: str, texts) -> list[SeedLevel]:
-    server, port = start_server(_seed_env(cache), args.workers)
-    url = f"http://127.0.0.1:{port}/api/tts"
-    try:
-        levels = []
-        for index, users in enumerate(args.users):
-            level = await seed_users(url, users, args.seconds, texts, label, args.seed + index)
-            print(json.dumps(asdict(level), ensure_ascii=False), file=sys.stderr)
-            levels.append(level)
-        return levels
-    finally:
-        stop_process(server)
+async def _unique_run(url: str, args: argparse.Namespace) -> list[SeedLevel]:
+    texts = zh_corpus.unique_sentences(args.seed, 5_000_000)
+    levels = []
+    for index, users in enumerate(args.users):
+        level = await seed_users(url, users, args.seconds, texts, "unique sentences",
+                                 args.seed + index)
+        print(json.dumps(asdict(level), ensure_ascii=False), file=sys.stderr)
+        levels.append(level)
+    return levels
 
 
 def run_seed(args: argparse.Namespace) -> dict[str, object]:
-    from stress.texts import SEED_TEXTS
+    from stress import cli
 
-    rng = random.Random(args.seed)
-    cached = asyncio.run(_seed_run(args, True, "seed payloads",
-                                   lambda: rng.choice(SEED_TEXTS)))
-    unique = asyncio.run(_seed_run(args, False, "unique sentences",
-                                   zh_corpus.unique_sentences(args.seed, 5_000_000)))
-    print(f"{'users':>5} {'texts':>16} {'QPS':>7} {'P95 ms':>8} {'errors':>6} {'503':>6}"
+    users = ",".join(str(u) for u in args.users)
+    server, port = start_server(_seed_env(cache=True), args.workers)
+    try:
+        print("python -m stress seed (the seed's payloads, voice female, cache on):")
+        cli.main(["seed", "--url", f"http://127.0.0.1:{port}", "--users", users,
+                  "--duration", str(args.seconds), "--token", SEED_TOKEN, "--quiet"])
+    finally:
+        stop_process(server)
+    server, port = start_server(_seed_env(cache=False), args.workers)
+    try:
+        unique = asyncio.run(_unique_run(f"http://127.0.0.1:{port}/api/tts", args))
+    finally:
+        stop_process(server)
+    print("the same users on unique sentences (cache off):")
+    print(f"{'users':>5} {'QPS':>7} {'audio-s/s':>9} {'P95 ms':>8} {'errors':>6} {'503':>6}"
           f" {'w/ Retry-After':>14} {'503 p50 ms':>10}  engines")
-    for level in cached + unique:
-        print(f"{level.users:>5} {level.texts:>16} {level.qps:7.1f} {level.p95_ms:8.0f}"
+    for level in unique:
+        print(f"{level.users:>5} {level.qps:7.1f} {level.audio_s_per_s:9.1f} {level.p95_ms:8.0f}"
               f" {level.errors:>6} {level.refused_503:>6} {level.refused_with_retry_after:>14}"
               f" {level.refusal_p50_ms:10.1f}  {level.engines}")
-    return {"seed": [asdict(level) for level in cached + unique]}
+    return {"unique": [asdict(level) for level in unique]}
 
 
 # ---- command line ------------------------------------------------------------------------------
