@@ -280,79 +280,96 @@ def requests_for(concurrency: int, scale: float) -> int:
     return max(int(round(max(24, 3 * concurrency) * scale)), concurrency)
 
 
-async def measure_http(args: argparse.Namespace, levels: list[int]) -> dict[str, object]:
-    server, port = start_server({"TTS_CACHE__ENABLED": "false"}, args.workers)
-    url = f"http://127.0.0.1:{port}/api/tts"
-    try:
-        await closed_loop(url, ["预热连接。"], 1)
-        results = []
-        for index, level in enumerate(levels):
-            texts = zh_corpus.paragraphs(requests_for(level, args.scale), args.seed + index,
-                                         100_000 * (index + 1))
-            results.append(await closed_loop(url, texts, level))
-            print(f"  server, {level} clients: {results[-1].audio_s_per_s:.2f} audio-s/s",
-                  file=sys.stderr)
-        ttfa = await time_to_first_audio_ms(url, three_sentence_paragraphs(args))
-    finally:
-        stop_process(server)
-    return {"server": results, "ttfa_ms": ttfa}
-
-
 def three_sentence_paragraphs(args: argparse.Namespace) -> list[str]:
     return zh_corpus.three_sentence_paragraphs(9, args.seed + 500, 900_000)
 
 
-def measure_raw(args: argparse.Namespace) -> dict[str, float]:
-    cores = os.cpu_count() or 1
-    paragraphs = zh_corpus.paragraphs(int(round(40 * args.scale)), args.seed + 100, 800_000)
+def raw_references(args: argparse.Namespace, level: int, index: int) -> dict[str, float]:
+    """The raw runs a level is compared with, on the same kind of paragraphs' units: one
+    process per core, and below one client per core also one process with every core."""
+    paragraphs = zh_corpus.paragraphs(int(round(24 * args.scale)), args.seed + 100 + index,
+                                      800_000 + 1000 * index)
     units = [u for p in paragraphs for u in units_of(p)]
-    ttfa_texts = three_sentence_paragraphs(args)
-    chunk_1, sentence_1 = raw_first_times(ttfa_texts, 1)
-    chunk_n, sentence_n = raw_first_times(ttfa_texts, cores)
-    return {
-        "raw_multi": raw_throughput(units, args.workers, 1),
-        "raw_solo": raw_throughput(units[: len(units) // 2], 1, cores),
-        "raw_first_chunk_ms_1thread": chunk_1, "raw_first_sentence_ms_1thread": sentence_1,
-        "raw_first_chunk_ms_all": chunk_n, "raw_first_sentence_ms_all": sentence_n,
-    }
+    out = {"raw_multi": raw_throughput(units, args.workers, 1)}
+    if level < args.workers:
+        out["raw_solo"] = raw_throughput(units[: len(units) // 2], 1, os.cpu_count() or 1)
+    return out
 
 
-def report_throughput(raw: dict[str, float], http: dict[str, object], workers: int) -> None:
+def paired(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: (before[key] + after[key]) / 2 for key in before}
+
+
+async def measure_levels(args: argparse.Namespace, url: str, levels: list[int]) -> list[dict]:
+    """Each level between two raw runs (a shared machine's load drifts: the pair brackets
+    the level), the server idle while the raw processes run."""
+    rows = []
+    for index, level in enumerate(levels):
+        before = raw_references(args, level, index)
+        texts = zh_corpus.paragraphs(requests_for(level, args.scale), args.seed + index,
+                                     100_000 * (index + 1))
+        result = await closed_loop(url, texts, level)
+        after = raw_references(args, level, index)
+        rows.append({"server": asdict(result), "raw_before": before, "raw_after": after,
+                     "raw": paired(before, after), "load": os.getloadavg()[0]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+async def measure_ttfa(args: argparse.Namespace, url: str) -> dict[str, float]:
+    texts = three_sentence_paragraphs(args)
+    cores = os.cpu_count() or 1
+    before = [*raw_first_times(texts, 1), *raw_first_times(texts, cores)]
+    ttfa = await time_to_first_audio_ms(url, texts)
+    after = [*raw_first_times(texts, 1), *raw_first_times(texts, cores)]
+    names = ("raw_first_chunk_ms_1thread", "raw_first_sentence_ms_1thread",
+             "raw_first_chunk_ms_all", "raw_first_sentence_ms_all")
+    raw = {name: (b + a) / 2 for name, b, a in zip(names, before, after, strict=True)}
+    return {"ttfa_ms": ttfa, **raw}
+
+
+def report_throughput(rows: list[dict], ttfa: dict[str, float], workers: int) -> None:
+    print(f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'raw multi':>9}"
+          f" {'/multi':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'load':>5}")
+    for row in rows:
+        level, raw = row["server"], row["raw"]
+        below = level["concurrency"] < workers
+        reference = raw.get("raw_solo", raw["raw_multi"]) if below else raw["raw_multi"]
+        rate = level["audio_s_per_s"]
+        print(f"{level['concurrency']:>7} {rate:8.2f} {reference:8.2f} {rate / reference:6.2f}"
+              f" {raw['raw_multi']:9.2f} {rate / raw['raw_multi']:7.2f}"
+              f" {level['p50_ms']:8.0f} {level['p95_ms']:8.0f} {level['errors']:>6}"
+              f" {row['load']:5.1f}")
     cores = os.cpu_count()
-    print(f"raw multi, {workers} processes x 1 thread: {raw['raw_multi']:.2f} audio-s/s")
-    print(f"raw solo, 1 process x {cores} threads: {raw['raw_solo']:.2f} audio-s/s")
-    print(f"{'clients':>7} {'server':>8} {'raw ref':>8} {'/raw':>6} {'/multi':>7}"
-          f" {'p50 ms':>8} {'p95 ms':>8} {'errors':>6}")
-    for level in http["server"]:  # type: ignore[attr-defined]
-        reference = raw["raw_solo"] if level.concurrency < workers else raw["raw_multi"]
-        print(f"{level.concurrency:>7} {level.audio_s_per_s:8.2f} {reference:8.2f}"
-              f" {level.audio_s_per_s / reference:6.2f}"
-              f" {level.audio_s_per_s / raw['raw_multi']:7.2f}"
-              f" {level.p50_ms:8.0f} {level.p95_ms:8.0f} {level.errors:>6}")
-    ttfa = http["ttfa_ms"]
-    chunk = min(raw["raw_first_chunk_ms_1thread"], raw["raw_first_chunk_ms_all"])
-    sentence = min(raw["raw_first_sentence_ms_1thread"], raw["raw_first_sentence_ms_all"])
-    print(f"time to first audio, 3-sentence paragraph, 1 client: {ttfa:.0f} ms"
-          f" = {ttfa / chunk:.2f} x raw first chunk ({chunk:.0f} ms)"
-          f" = {ttfa / sentence:.2f} x raw first sentence ({sentence:.0f} ms)")
+    chunk = min(ttfa["raw_first_chunk_ms_1thread"], ttfa["raw_first_chunk_ms_all"])
+    sentence = min(ttfa["raw_first_sentence_ms_1thread"], ttfa["raw_first_sentence_ms_all"])
+    value = ttfa["ttfa_ms"]
+    print(f"time to first audio, 3-sentence paragraph, 1 client: {value:.0f} ms"
+          f" = {value / chunk:.2f} x raw first chunk ({chunk:.0f} ms)"
+          f" = {value / sentence:.2f} x raw first sentence ({sentence:.0f} ms)")
     print("  raw first chunk / sentence ms, 1 thread: "
-          f"{raw['raw_first_chunk_ms_1thread']:.0f} / {raw['raw_first_sentence_ms_1thread']:.0f};"
-          f" {cores} threads: {raw['raw_first_chunk_ms_all']:.0f} / "
-          f"{raw['raw_first_sentence_ms_all']:.0f}")
+          f"{ttfa['raw_first_chunk_ms_1thread']:.0f} / {ttfa['raw_first_sentence_ms_1thread']:.0f};"
+          f" {cores} threads: {ttfa['raw_first_chunk_ms_all']:.0f} / "
+          f"{ttfa['raw_first_sentence_ms_all']:.0f}")
+
+
+async def _throughput(args: argparse.Namespace, levels: list[int]) -> tuple[list, dict]:
+    server, port = start_server({"TTS_CACHE__ENABLED": "false"}, args.workers)
+    url = f"http://127.0.0.1:{port}/api/tts"
+    try:
+        await closed_loop(url, ["预热连接。"], 1)
+        rows = await measure_levels(args, url, levels)
+        ttfa = await measure_ttfa(args, url)
+    finally:
+        stop_process(server)
+    return rows, ttfa
 
 
 def run_throughput(args: argparse.Namespace) -> dict[str, object]:
-    """Raw before and after the server, averaged: a shared machine's load drifts."""
     levels = [int(x) for x in args.levels.split(",")]
-    before = measure_raw(args)
-    http = asyncio.run(measure_http(args, levels))
-    after = measure_raw(args)
-    raw = {key: (before[key] + after[key]) / 2 for key in before}
-    for key in ("raw_multi", "raw_solo"):
-        print(f"{key}: before {before[key]:.2f}, after {after[key]:.2f} audio-s/s")
-    report_throughput(raw, http, args.workers)
-    return {**raw, "ttfa_ms": http["ttfa_ms"],
-            "server": [asdict(r) for r in http["server"]]}  # type: ignore[attr-defined]
+    rows, ttfa = asyncio.run(_throughput(args, levels))
+    report_throughput(rows, ttfa, args.workers)
+    return {"levels": rows, "ttfa": ttfa}
 
 
 # ---- layout: one pool holding both models, or a pool per engine -------------------------------
