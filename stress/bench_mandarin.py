@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -634,6 +635,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers this started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     run = {"throughput": run_throughput, "layout": run_layout, "seed": run_seed}[args.part]
     result = run(args)

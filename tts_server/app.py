@@ -77,8 +77,9 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
         files = registry.files_for(engine)
         if not files or workers < 1:
             continue
-        # Mandarin gains nothing from a 2-thread session (measured): units fan out instead.
-        solo_threads = pool_settings.solo_thread_count if engine == "piper" else 1
+        # Both neural engines get the wide second session (pool.solo_threads): a request
+        # alone in its pool runs on every core. espeak-ng is ~1000x real time without it.
+        solo_threads = pool_settings.solo_thread_count if engine != "espeak" else 1
         options = PoolOptions(
             workers=workers,
             name=engine,
@@ -104,8 +105,12 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
 async def start_pools(pools: dict[str, InferencePool], registry: VoiceRegistry) -> None:
     """Start every pool. The Mandarin pool failing to start (a model that will not load)
     drops it and its voice, so Chinese goes to espeak-ng; any other failure stops all."""
-    results = await asyncio.gather(*(pool.start() for pool in pools.values()),
-                                   return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(pool.start() for pool in pools.values()),
+                                       return_exceptions=True)
+    except BaseException:  # cancelled while starting: no worker may be left behind
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
+        raise
     failed = dict(zip(pools, results, strict=True))
     mandarin_failure = failed.pop(MANDARIN, None)
     if isinstance(mandarin_failure, PoolStartError):
