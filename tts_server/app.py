@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from inference import protocol
+from inference import mandarin, protocol
 from inference.options import ThreadPlan
-from inference.pool import InferencePool, PoolOptions
+from inference.pool import InferencePool, PoolOptions, PoolStartError
 from tts_server import keys
 from tts_server.batching.pool import BatchingPool
 from tts_server.cache.redis_server import RedisProcess, find_redis_server
@@ -38,15 +38,15 @@ PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
 
 
 def worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ...],
-                         solo_threads: int, max_batch: int = 0
-                         ) -> Callable[[int, str], protocol.WorkerSpec]:
+                        solo_threads: int, max_batch: int = 0, slab_bytes: int = 0
+                        ) -> Callable[[int, str], protocol.WorkerSpec]:
     pool_settings = settings.pool
 
     def make_spec(index: int, slab_name: str) -> protocol.WorkerSpec:
         return protocol.WorkerSpec(
             index=index,
             slab_name=slab_name,
-            slab_bytes=pool_settings.shm_slab_bytes,
+            slab_bytes=slab_bytes or pool_settings.shm_slab_bytes,
             voices=files,
             threads=ThreadPlan(pool_settings.intra_op_threads, pool_settings.inter_op_threads,
                                pool_settings.allow_spinning, solo_threads),
@@ -60,16 +60,27 @@ def worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ..
     return make_spec
 
 
+# The Mandarin voice's own pool: a model that cannot load then stops only this pool (its
+# text goes to espeak-ng), never Piper's workers; measured in README "The Mandarin voice".
+MANDARIN = mandarin.ENGINE_NAME
+# Seconds of one worker per character until measured (Mandarin: ~0.004 on 2 cores).
+INITIAL_SECONDS_PER_CHAR = {"piper": 0.006, "espeak": 0.0002, MANDARIN: 0.004}
+
+
 def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, InferencePool]:
-    """One pool per engine: piper (one process per core) and espeak (the fallback)."""
+    """One pool per engine: piper (one process per core), espeak (the fallback) and, when
+    enabled, the Mandarin voice (one process per core, its own slab size)."""
     pool_settings = settings.pool
-    sizes = {"piper": pool_settings.worker_count, "espeak": pool_settings.espeak_workers}
+    sizes = {"piper": pool_settings.worker_count, "espeak": pool_settings.espeak_workers,
+             MANDARIN: pool_settings.mandarin_worker_count}
     pools = {}
     for engine, workers in sizes.items():
         files = registry.files_for(engine)
         if not files or workers < 1:
             continue
-        solo_threads = pool_settings.solo_thread_count if engine == "piper" else 1
+        # Both neural engines get the wide second session (pool.solo_threads): a request
+        # alone in its pool runs on every core. espeak-ng is ~1000x real time without it.
+        solo_threads = pool_settings.solo_thread_count if engine != "espeak" else 1
         options = PoolOptions(
             workers=workers,
             name=engine,
@@ -80,13 +91,38 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
             restart_backoff_s=pool_settings.restart_backoff_s,
             stop_timeout_s=pool_settings.stop_timeout_s,
             solo_enabled=solo_threads > 1,
-            initial_seconds_per_char=0.006 if engine == "piper" else 0.0002,
+            initial_seconds_per_char=INITIAL_SECONDS_PER_CHAR[engine],
         )
         batching = settings.batching
         max_batch = batching.max_batch if batching.enabled and engine == "piper" else 0
-        make_spec = worker_spec_factory(settings, files, solo_threads, max_batch)
+        slab = pool_settings.mandarin_shm_slab_bytes if engine == MANDARIN else 0
+        make_spec = worker_spec_factory(settings, files, solo_threads, max_batch, slab)
         pools[engine] = InferencePool(options, make_spec)
     return pools
+
+
+async def start_pools(pools: dict[str, InferencePool], registry: VoiceRegistry) -> None:
+    """Start every pool. The Mandarin pool failing to start (a model that will not load)
+    drops it and its voice, so Chinese goes to espeak-ng; any other failure stops all."""
+    try:
+        results = await asyncio.gather(*(pool.start() for pool in pools.values()),
+                                       return_exceptions=True)
+    except BaseException:  # cancelled while starting: no worker may be left behind
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
+        raise
+    failed = dict(zip(pools, results, strict=True))
+    mandarin_failure = failed.pop(MANDARIN, None)
+    if isinstance(mandarin_failure, PoolStartError):
+        LOG.error("the %s pool cannot start (%s): voice(s) %s off, Chinese falls back to "
+                  "espeak-ng", MANDARIN, mandarin_failure,
+                  ", ".join(registry.remove_engine(MANDARIN)))
+        del pools[MANDARIN]
+    elif mandarin_failure is not None:
+        failed[MANDARIN] = mandarin_failure
+    error = next((r for r in failed.values() if isinstance(r, BaseException)), None)
+    if error is not None:
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
+        raise error
 
 
 def batching_front(pools: dict[str, InferencePool], settings: BatchingSettings
@@ -109,11 +145,8 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     settings, registry = app[keys.SETTINGS], app[keys.REGISTRY]
     pools = build_pools(settings, registry)
     app[keys.POOLS] = pools
-    try:
-        await asyncio.gather(*(pool.start() for pool in pools.values()))
-    except BaseException:
-        await asyncio.gather(*(pool.stop() for pool in pools.values()))
-        raise
+    await start_pools(pools, registry)
+    LOG.info(registry.noncommercial_summary())
     metrics = app.get(keys.METRICS)
     front = batching_front(pools, settings.batching)
     app[keys.SYNTHESIZER] = Synthesizer(front, registry, build_breakers(settings, registry),

