@@ -231,14 +231,17 @@ class AudioCache:
                 return audio, "hit-l2"
         return None, "miss"
 
-    def store(self, key: str, audio: CachedAudio) -> None:
+    def store(self, key: str, audio: CachedAudio) -> asyncio.Task[None] | None:
+        """Into L1 now; into L2 in the background (the returned task, if any)."""
         if len(audio.pcm) > self.max_entry_bytes:
-            return
+            return None
         self.l1.put(key, audio)
-        if self.l2 is not None:
-            task = asyncio.get_running_loop().create_task(self.l2.put(key, audio))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if self.l2 is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self.l2.put(key, audio))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
 
     def snapshot(self) -> dict[str, Any]:
         return {

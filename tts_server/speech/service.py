@@ -172,13 +172,14 @@ class SpeechService:
         return flight
 
     async def _fly(self, flight: Flight, request: SynthesisRequest, priority: int) -> None:
+        l2_write: asyncio.Task[None] | None = None
         try:
             if not await self._peer_delivered(flight):
                 async for pcm in self.synthesizer.stream(request, flight.trace, priority):
                     flight.push(pcm)
                 if self.cache is not None and not flight.trace.degraded:
-                    self.cache.store(flight.key, CachedAudio(flight.sample_rate,
-                                                             b"".join(flight.chunks)))
+                    l2_write = self.cache.store(flight.key, CachedAudio(flight.sample_rate,
+                                                                        b"".join(flight.chunks)))
             flight.finish()
         except asyncio.CancelledError:
             flight.finish(asyncio.CancelledError())
@@ -188,6 +189,10 @@ class SpeechService:
         finally:
             self._flights.pop(flight.key, None)
             if flight.holds_marker:  # a peer's marker is the peer's to release
+                if l2_write is not None:
+                    # Peers waiting on the marker read L2 next: the value must be there
+                    # first (the write is bounded by cache.redis_timeout_ms).
+                    await asyncio.wait({l2_write})
                 await self._release_marker(flight.key)
 
     async def _peer_delivered(self, flight: Flight) -> bool:
