@@ -163,7 +163,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     _, store = _runtime(request)
     owner = _owner(request)
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    # isdigit() alone accepts "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be 1 to {MAX_LIST}", code="invalid_limit", param="limit")
     jobs = await store.list_jobs(owner, int(raw))
     wanted = request.query.get("status")
