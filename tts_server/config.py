@@ -46,6 +46,9 @@ class ServerSettings:
     body_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     write_timeout_s: float = 30.0
+    # A request answered before its body was read (413, 408): the rest of the body is read
+    # and dropped for up to this long, so the client sees the answer, then it closes.
+    linger_s: float = 2.0
     # Open connections per client address (auth.trusted_proxies exempt); beyond: 429.
     max_connections_per_client: int = 1024
     # Whole-request deadline for synthesis; past it the client gets 503.
@@ -68,7 +71,7 @@ class ServerSettings:
         _require(self.drain_timeout_s >= 0, "server.drain_timeout_s must be >= 0")
         _require(self.drain_grace_s >= 0, "server.drain_grace_s must be >= 0")
         for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s",
-                     "write_timeout_s"):
+                     "write_timeout_s", "linger_s"):
             _require(getattr(self, name) > 0, f"server.{name} must be > 0")
         _require(self.max_connections_per_client >= 1,
                  "server.max_connections_per_client must be >= 1")

@@ -27,7 +27,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -64,13 +64,14 @@ class ConnectionLimits:
     header_timeout_s: float
     keepalive_timeout_s: float
     write_timeout_s: float
+    linger_s: float
     max_per_client: int
     retry_after_s: int
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> ConnectionLimits:
         return cls(server.header_timeout_s, server.keepalive_timeout_s,
-                   server.write_timeout_s, server.max_connections_per_client,
+                   server.write_timeout_s, server.linger_s, server.max_connections_per_client,
                    server.retry_after_s)
 
 
@@ -103,7 +104,7 @@ class GuardedHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop,
                  limits: ConnectionLimits, clients: ClientCounter, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, keepalive_timeout=limits.keepalive_timeout_s,
-                         **kwargs)
+                         lingering_time=limits.linger_s, **kwargs)
         self.limits = limits
         self.clients = clients
         self.client: str | None = None
@@ -116,7 +117,7 @@ class GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         address = _address(transport)
         if not self.clients.admit(address):
-            assert isinstance(transport, asyncio.Transport)
+            transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
             transport.write(raw_error(
                 429, "Too Many Requests", "too_many_connections",
                 "too many open connections from this address",
