@@ -323,3 +323,17 @@ def test_anonymous_callers_elsewhere_keep_their_tier_rules():
     assert Gateway(Settings()).may_use(anonymous, "jobs")  # loopback, no token: the local user
     with_tokens = Settings().replace(auth={"allow_anonymous": True, "tokens_file": "/dev/null"})
     assert not Gateway(with_tokens).may_use(anonymous, "jobs")
+
+
+# ---- B22: one warning per limiter outage ----------------------------------------------------
+
+
+async def test_an_unreachable_limiter_redis_warns_once_not_per_request(running_server):
+    from tests.support import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    server = running_server({"pool": {"workers": 1}, "cache": {"redis": "off"},
+                             "limits": {"backend": "redis", "redis": dead}})
+    statuses = [(await call(server.url, "GET", "/api/voices"))[0] for _ in range(20)]
+    assert statuses == [200] * 20  # on_redis_error = "local": the local limiter answers
+    assert server.log().count("rate limiter: redis unreachable") == 1
