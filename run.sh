@@ -9,20 +9,33 @@ cd "$(dirname "$0")"
 VENV=.venv
 PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
-# Reinstall only when pyproject.toml changed since the last install (or extras differ).
+# Install the project with these extras ("" = only what serving needs) unless the last
+# install, of this pyproject.toml, already included them. Serving never pulls the test or
+# benchmark tools; `test` and `bench` add theirs to the same .venv.
 ensure_env() {
     local extras=$1
-    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
+    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -x "$VENV/bin/python" ]; then
         echo "creating $VENV with $PYTHON_BIN" >&2
         "$PYTHON_BIN" -m venv "$VENV"
     fi
-    if [ ! -f "$stamp" ]; then
-        echo "installing the project and its dependencies ($extras)" >&2
+    local wanted=() extra
+    IFS=, read -r -a wanted <<< "$extras"
+    local missing=0
+    [ -f "$stamp" ] || missing=1
+    for extra in "${wanted[@]}"; do
+        grep -qx "$extra" "$stamp" 2>/dev/null || missing=1
+    done
+    if [ "$missing" = 1 ]; then
+        local had=()
+        [ -f "$stamp" ] && mapfile -t had < "$stamp"
+        local all
+        all=$(printf '%s\n' "${had[@]}" "${wanted[@]}" | sed '/^$/d' | sort -u | paste -sd, -)
+        echo "installing the project and its dependencies (extras: ${all:-none})" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        "$VENV/bin/python" -m pip install --quiet -e ".${all:+[$all]}"
         rm -f "$VENV"/.installed-*
-        touch "$stamp"
+        printf '%s\n' "${all//,/$'\n'}" > "$stamp"
     fi
 }
 
@@ -45,17 +58,17 @@ ensure_browser() {
 case "${1:-}" in
     test)
         shift
-        ensure_env test,bench
+        ensure_env test
         ensure_browser
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     bench)
         shift
-        ensure_env test,bench
+        ensure_env bench
         exec "$VENV/bin/python" -m stress.throughput "$@"
         ;;
     *)
-        ensure_env test,bench
+        ensure_env ""
         exec "$VENV/bin/python" -m tts_server serve "$@"
         ;;
 esac
