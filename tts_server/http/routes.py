@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tts_server import keys
-from tts_server.http import api, probes
+from tts_server.http import api, openapi, probes
 from tts_server.http.bodies import PARSED_BODIES, ParsedBodies
 from tts_server.http.openai import list_models, list_voices
 
@@ -31,3 +31,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/audio/voices", list_voices)
     app.router.add_get("/healthz", probes.healthz)
     app.router.add_get("/readyz", probes.readyz)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    # Built once, after every route (jobs' too): everything it reads is fixed at start.
+    app[openapi.OPENAPI] = openapi.build_document(app)

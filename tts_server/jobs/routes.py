@@ -31,7 +31,7 @@ from tts_server.errors import (
     Unprocessable,
 )
 from tts_server.http.bodies import decode_json, read_body
-from tts_server.jobs.models import Job, JobSpec
+from tts_server.jobs.models import Job, JobSpec, Status
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
 from tts_server.jobs.submission import idempotency_key_hash, parse_submission
@@ -39,6 +39,7 @@ from tts_server.jobs.submission import idempotency_key_hash, parse_submission
 BASE_PATH = "/api/tts/jobs"
 READ_BYTES = 1 << 20
 MAX_LIST = 100
+STATUSES = tuple(status.value for status in Status)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -166,9 +167,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     # isdigit() alone accepts "²" and other digits int() refuses.
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be 1 to {MAX_LIST}", code="invalid_limit", param="limit")
-    jobs = await store.list_jobs(owner, int(raw))
     wanted = request.query.get("status")
-    if wanted:
+    if wanted is not None and wanted not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_status",
+                         param="status")
+    jobs = await store.list_jobs(owner, int(raw))
+    if wanted is not None:
         jobs = [job for job in jobs if job.status.value == wanted]
     return web.json_response({"jobs": [job.public(BASE_PATH) for job in jobs]})
 
