@@ -253,3 +253,22 @@ class GuardedSite(web.BaseSite):
         self._server = await loop.create_server(
             protocol, self.host, self.port, backlog=self._backlog, reuse_address=True,
             family=socket.AF_UNSPEC)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Every route's Expect handler: 100-continue as aiohttp does it, anything else our JSON
+    417 (aiohttp's own answer is text quoting the header, and skips the middlewares)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() == "100-continue":
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+    body = {"error": {"code": "expectation_failed",
+                      "message": "only Expect: 100-continue is supported"}}
+    response = web.json_response(body, status=417)
+    response.force_close()
+    return response
+
+
+ROUTE_OPTIONS: dict[str, Any] = {"expect_handler": expect_continue}

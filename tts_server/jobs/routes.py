@@ -31,6 +31,7 @@ from tts_server.errors import (
     Unprocessable,
 )
 from tts_server.http.bodies import decode_json, read_body
+from tts_server.http.connections import ROUTE_OPTIONS
 from tts_server.jobs.models import Job, JobSpec, Status
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
@@ -246,8 +247,8 @@ async def _send(request: web.Request, store: JobStore, job_id: str, span: ByteRa
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(BASE_PATH, submit_job)
-    app.router.add_get(BASE_PATH, list_jobs)
-    app.router.add_get(BASE_PATH + "/{job_id}", job_status)
-    app.router.add_delete(BASE_PATH + "/{job_id}", cancel_job)
-    app.router.add_get(BASE_PATH + "/{job_id}/audio", job_audio)
+    app.router.add_post(BASE_PATH, submit_job, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH, list_jobs, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH + "/{job_id}", job_status, **ROUTE_OPTIONS)
+    app.router.add_delete(BASE_PATH + "/{job_id}", cancel_job, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH + "/{job_id}/audio", job_audio, **ROUTE_OPTIONS)

@@ -337,3 +337,22 @@ async def test_an_unreachable_limiter_redis_warns_once_not_per_request(running_s
     statuses = [(await call(server.url, "GET", "/api/voices"))[0] for _ in range(20)]
     assert statuses == [200] * 20  # on_redis_error = "local": the local limiter answers
     assert server.log().count("rate limiter: redis unreachable") == 1
+
+
+async def test_expect_100_continue_works_and_other_expectations_get_json_417(server):
+    request = (b"POST /api/tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Expect: teapot-" + b"q" * 500 + b"\r\nContent-Length: 2\r\n\r\n{}")
+    status, headers, body = split_response(raw_exchange(server.port, request))
+    assert (status, error_code(body)) == (417, "expectation_failed")
+    assert b"qqqq" not in body and headers["server"] == "tts-server"
+    body = json.dumps({"text": "Continue."}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /api/tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b"RIFF" in answer
