@@ -220,7 +220,7 @@ def speech_operation(settings: Settings) -> Schema:
     return operation("createSpeech", "OpenAI-compatible speech", {
         "200": ok("The audio, or speech.audio.delta events with stream_format sse",
                   audio_content(content_types, sse=True)),
-        **error_responses((*BODY, *GATEWAY, 503), "OpenAIError"),
+        **error_responses((*BODY, *GATEWAY, 422, 503), "OpenAIError"),
     }, requestBody=body, **{"x-error-cases": [
         {"body": {"model": "nope", "voice": "alloy", "input": "hi"}, "status": 400,
          "code": "model_not_found"},
