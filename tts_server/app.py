@@ -15,7 +15,8 @@ from inference.options import ThreadPlan
 from inference.pool import InferencePool, PoolOptions, PoolStartError
 from tts_server import keys
 from tts_server.batching.pool import BatchingPool
-from tts_server.cache.redis_server import RedisProcess, find_redis_server
+from tts_server.cache.redis_server import RedisProcess, find_redis_server, remove_stale_folders
+from tts_server.cache.supervisor import RedisWatch
 from tts_server.cache.tiers import AudioCache, MemoryLRU, RedisTier
 from tts_server.config import BatchingSettings, CacheSettings, ConfigError, Settings
 from tts_server.errors import TTSError
@@ -168,6 +169,8 @@ async def _redis_url(settings: CacheSettings, app: web.Application) -> str | Non
     if find_redis_server() is None:
         LOG.warning("cache: no redis-server found; serving with the in-process cache only")
         return None
+    for folder in remove_stale_folders():
+        LOG.info("cache: removed %s, left by a server that was killed", folder)
     private = RedisProcess(settings.private_redis_maxmemory_bytes, settings.private_redis_policy)
     private.spawn()  # on the loop's thread: the child's parent-death signal follows it
     await asyncio.get_running_loop().run_in_executor(None, private.wait_ready)
@@ -188,13 +191,24 @@ async def cache_context(app: web.Application) -> AsyncIterator[None]:
                                     settings.redis_backoff_max_s, settings.redis_tls_ca_file,
                                     settings.redis_timeouts_before_backoff)
         cache = AudioCache(MemoryLRU(settings.l1_max_bytes), l2, settings.max_entry_bytes)
+        if url is not None:
+            app[keys.REDIS_WATCH] = RedisWatch(url, app.get(PRIVATE_REDIS),
+                                               settings.redis_check_interval_s,
+                                               on_recovered=l2.recovered if l2 else lambda: None)
     extra = {"noise_scale": app[keys.SETTINGS].synthesis.noise_scale,
              "noise_w_scale": app[keys.SETTINGS].synthesis.noise_w_scale}
     app[keys.SPEECH] = SpeechService(app[keys.SYNTHESIZER], cache, extra,
                                      settings.cross_instance_wait_ms / 1000, settings.namespace)
-    warmup = asyncio.get_running_loop().create_task(warm_up(app))
+    loop = asyncio.get_running_loop()
+    warmup = loop.create_task(warm_up(app))
+    watch = app.get(keys.REDIS_WATCH)
+    watching = loop.create_task(watch.run()) if watch is not None else None
     yield
     warmup.cancel()
+    if watching is not None:
+        watching.cancel()  # before the private server stops: no restart at shutdown
+        await asyncio.gather(watching, return_exceptions=True)
+        await watch.close()
     if cache is not None:
         await cache.close()
     if PRIVATE_REDIS in app:
@@ -279,7 +293,8 @@ def create_app(settings: Settings) -> web.Application:
                          synthesizer=lambda: app.get(keys.SYNTHESIZER),
                          run_state=lambda: app.get(keys.RUN_STATE),
                          speech=lambda: app.get(keys.SPEECH),
-                         gateway=lambda: app.get(keys.GATEWAY))
+                         gateway=lambda: app.get(keys.GATEWAY),
+                         redis=lambda: app.get(keys.REDIS_WATCH))
         app[keys.METRICS].registry.register(StateCollector(live))
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)

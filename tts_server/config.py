@@ -35,6 +35,22 @@ class ServerSettings:
     listen_backlog: int = 2048
     max_body_bytes: int = 256 * 1024
     drain_timeout_s: float = 30.0
+    # After SIGTERM, open connections stay served this long (what arrives gets 503 +
+    # Retry-After + Connection: close) even once nothing is in flight.
+    drain_grace_s: float = 1.0
+    # Slow clients: complete request headers within header_timeout_s (a new connection,
+    # or from the first byte of the next request), a whole body within body_timeout_s,
+    # an idle kept-alive connection closes after keepalive_timeout_s, and a response whose
+    # send buffer stays full for write_timeout_s is aborted.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    write_timeout_s: float = 30.0
+    # A request answered before its body was read (413, 408): the rest of the body is read
+    # and dropped for up to this long, so the client sees the answer, then it closes.
+    linger_s: float = 2.0
+    # Open connections per client address (auth.trusted_proxies exempt); beyond: 429.
+    max_connections_per_client: int = 1024
     # Whole-request deadline for synthesis; past it the client gets 503.
     request_timeout_s: float = 120.0
     # Threads encoding mp3/opus/aac/flac (and resampling) off the event loop.
@@ -53,6 +69,12 @@ class ServerSettings:
         _require(0 <= self.port <= 65535, f"server.port must be 0..65535, got {self.port}")
         _require(self.max_body_bytes >= 1024, "server.max_body_bytes must be >= 1024")
         _require(self.drain_timeout_s >= 0, "server.drain_timeout_s must be >= 0")
+        _require(self.drain_grace_s >= 0, "server.drain_grace_s must be >= 0")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s",
+                     "write_timeout_s", "linger_s"):
+            _require(getattr(self, name) > 0, f"server.{name} must be > 0")
+        _require(self.max_connections_per_client >= 1,
+                 "server.max_connections_per_client must be >= 1")
         _require(self.request_timeout_s > 0, "server.request_timeout_s must be > 0")
         _require(self.retry_after_s >= 1, "server.retry_after_s must be >= 1")
         _require(0.0 <= self.access_log_sample_rate <= 1.0,
@@ -279,6 +301,9 @@ class CacheSettings:
     # volatile-lru: cache and limiter keys all carry a TTL and are evicted as needed;
     # queued and running jobs (no TTL) never are.
     private_redis_policy: str = "volatile-lru"
+    # How often Redis is pinged (and the private redis-server checked and restarted if it
+    # died); two missed pings in a row mark Redis down in /readyz and tts_redis_up.
+    redis_check_interval_s: float = 1.0
     # > 0: instances sharing Redis also coalesce, waiting up to this long for a peer.
     cross_instance_wait_ms: int = 0
     # Announcements synthesized and stored at start (the "fixed broadcast copy" case).
@@ -291,6 +316,7 @@ class CacheSettings:
 
     def __post_init__(self) -> None:
         _require(self.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be >= 1")
+        _require(self.redis_check_interval_s > 0, "cache.redis_check_interval_s must be > 0")
         _require(self.l1_max_bytes >= 0, "cache.l1_max_bytes must be >= 0")
         _require(self.ttl_s >= 1, "cache.ttl_s must be >= 1")
         _require(self.cross_instance_wait_ms >= 0, "cache.cross_instance_wait_ms must be >= 0")
@@ -408,6 +434,9 @@ class LimitsSettings:
     # Redis unreachable: "local" falls back to this instance's limiter, "open" lets
     # requests through, "closed" answers 503.
     on_redis_error: str = "local"
+    # After a Redis failure the limiter applies on_redis_error for this long before it
+    # tries Redis again (one warning per outage, not one per request).
+    redis_retry_s: float = 1.0
     tiers: Mapping[str, TierSettings] = field(default_factory=_default_tiers)
 
     def __post_init__(self) -> None:
@@ -415,6 +444,7 @@ class LimitsSettings:
         _require(self.on_redis_error in ("local", "open", "closed"),
                  "limits.on_redis_error must be local, open or closed")
         _require(bool(self.tiers), "limits.tiers must define at least one tier")
+        _require(self.redis_retry_s > 0, "limits.redis_retry_s must be > 0")
 
 
 def _default_openai_models() -> dict[str, str]:
@@ -528,6 +558,11 @@ class Settings:
         return self.auth.allow_anonymous or (
             not self.auth.has_tokens and self.server.binds_loopback_only
         )
+
+    @property
+    def local_only(self) -> bool:
+        """No token at all and only a loopback address: one local user, the whole API."""
+        return not self.auth.has_tokens and self.server.binds_loopback_only
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:
         """A copy with some keys of some sections changed (used by the CLI and tests)."""

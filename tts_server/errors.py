@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+# Client input quoted in an error message is cut to this many characters, and a whole
+# message to MAX_MESSAGE_CHARS: a 100 KB voice name must not come back as a 100 KB error.
+MAX_QUOTE_CHARS = 64
+MAX_MESSAGE_CHARS = 1024
+
+
+def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
+    """repr() of client input, cut to `limit` characters (an ellipsis says it was cut)."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
+
 
 class TTSError(Exception):
     status = 500
@@ -15,6 +32,7 @@ class TTSError(Exception):
         retry_after_s: int | None = None,
         param: str | None = None,
     ):
+        message = bounded(message)
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -40,6 +58,11 @@ class Unauthorized(TTSError):
 class NotFound(TTSError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(TTSError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(TTSError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from inference.pool import InferencePool
+from tts_server.cache.supervisor import RedisWatch
 from tts_server.config import Settings
 from tts_server.gateway import Gateway
 from tts_server.gateway.auth import Identity
@@ -28,6 +29,8 @@ SPEECH = web.AppKey("speech", SpeechService)
 GATEWAY = web.AppKey("gateway", Gateway)
 # The Redis the cache uses (private or external), shared with the rate limiter.
 REDIS_URL = web.AppKey("redis_url", str)
+# Watches that Redis: restarts the private one, tells /readyz and /metrics whether it is up.
+REDIS_WATCH = web.AppKey("redis_watch", RedisWatch)
 METRICS = web.AppKey("metrics", Metrics)
 # Bounded pool that encodes audio off the event loop.
 ENCODERS = web.AppKey("encoders", ThreadPoolExecutor)
@@ -61,3 +64,5 @@ REQUEST_INFO = web.RequestKey("request_info", RequestInfo)
 ERROR_CODE = web.RequestKey("error_code", str)
 # When the request reached the front (time.monotonic()), for the access log's timings.
 STARTED_AT = web.RequestKey("started_at", float)
+# The response closes its connection (it arrived while draining, or its body timed out).
+CLOSE_AFTER = web.RequestKey("close_after", bool)

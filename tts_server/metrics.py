@@ -108,6 +108,7 @@ class LiveState:
     run_state: Callable[[], Any]
     speech: Callable[[], Any]
     gateway: Callable[[], Any]
+    redis: Callable[[], Any] = lambda: None
 
 
 class StateCollector(Collector):
@@ -121,6 +122,7 @@ class StateCollector(Collector):
         yield from self._breakers_and_ladder()
         yield from self._cache()
         yield from self._gateway()
+        yield from self._redis()
         yield from self._processes()
 
     def _pools(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -172,6 +174,15 @@ class StateCollector(Collector):
         for reason, count in (gateway.rejections.items() if gateway else []):
             rejections.add_metric([reason], count)
         yield rejections
+
+    def _redis(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        watch = self.live.redis()
+        if watch is None:  # no Redis configured: no series, rather than a false "down"
+            return
+        yield GaugeMetricFamily("tts_redis_up", "The cache's Redis answers (1) or not (0)",
+                                value=1 if watch.up else 0)
+        yield CounterMetricFamily("tts_redis_restarts", "Restarts of the private redis-server",
+                                  value=watch.restarts)
 
     def _processes(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         cpu = CounterMetricFamily("tts_process_cpu_seconds", "CPU time per process",

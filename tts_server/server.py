@@ -1,8 +1,10 @@
 """Serve an app on uvloop with the documented shutdown order.
 
-Shutdown: stop listening -> drain flag (503 + Retry-After) -> finish in-flight requests up
-to server.drain_timeout_s -> stop workers (message, join, SIGTERM, SIGKILL) -> unlink
-shared memory. A second SIGINT/SIGTERM exits at once.
+Shutdown: drain flag -> stop listening -> open connections still served for
+server.drain_grace_s (new requests: 503 + Retry-After + Connection: close) while in-flight
+requests finish, up to server.drain_timeout_s -> close connections -> stop workers
+(message, join, SIGTERM, SIGKILL) -> unlink shared memory. A second SIGINT/SIGTERM exits
+at once.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from aiohttp import web
 from inference.logconfig import configure_logging
 from tts_server import keys
 from tts_server.app import create_app
-from tts_server.config import ConfigError, Settings
+from tts_server.config import ConfigError, ServerSettings, Settings
+from tts_server.http.connections import ConnectionLimits, GuardedSite
 
 LOG = logging.getLogger("tts.server")
 FORCED_EXIT_CODE = 130
+DRAIN_POLL_S = 0.05
 
 
 class SignalRecorder:
@@ -55,21 +59,56 @@ async def serve(settings: Settings, signals: SignalRecorder | None = None) -> No
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,  # ours is structured and written by observe_middleware
         shutdown_timeout=settings.server.drain_timeout_s,
         handler_cancellation=True,  # a client that hangs up cancels its queued work
     )
     await runner.setup()  # starts the pool: workers load and warm up their voices
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True,
-                       backlog=settings.server.listen_backlog)
+    site = make_site(runner, app, settings)
     await site.start()
     LOG.info("serving on http://%s:%d", settings.server.host, settings.server.port)
     reloader = asyncio.get_running_loop().create_task(reload_on_sighup(app, signals))
     await signals.stop_requested.wait()
     reloader.cancel()
-    app[keys.RUN_STATE].draining = True
-    await runner.cleanup()  # stop listening, drain in-flight, then the pool's cleanup
+    await drain(app, site, settings.server)
+    await runner.cleanup()  # close what is left, then the pool's and the cache's cleanup
     LOG.info("stopped")
+
+
+def make_site(runner: web.AppRunner, app: web.Application, settings: Settings) -> GuardedSite:
+    server = settings.server
+    return GuardedSite(
+        runner, server.host, server.port, backlog=server.listen_backlog,
+        limits=ConnectionLimits.from_settings(server),
+        exempt=app[keys.GATEWAY].addresses.is_trusted,
+        # access_log=None: ours is structured and written by observe_middleware.
+        handler_options={"access_log": None},
+    )
+
+
+async def drain(app: web.Application, site: web.BaseSite, server: ServerSettings) -> None:
+    """Stop listening, then keep serving open connections: what arrives gets 503 +
+    Retry-After + Connection: close (drain_middleware) for drain_grace_s, and requests in
+    flight finish, up to drain_timeout_s. Only then does the runner close connections:
+    closing them at once dropped requests already on their way (a client cannot tell
+    "not processed, retry" from a crash)."""
+    state = app[keys.RUN_STATE]
+    state.draining = True
+    await site.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    grace_until = started + min(server.drain_grace_s, server.drain_timeout_s)
+    deadline = started + server.drain_timeout_s
+    quiet_polls = 0
+    while loop.time() < deadline:
+        # Two quiet polls in a row: a pipelined request parsed just after the one before
+        # it finished is counted before we stop.
+        quiet_polls = quiet_polls + 1 if state.in_flight == 0 else 0
+        if quiet_polls >= 2 and loop.time() >= grace_until:
+            break
+        await asyncio.sleep(DRAIN_POLL_S)
+    if state.in_flight:
+        LOG.warning("drain: %d requests still running after %.1f s", state.in_flight,
+                    server.drain_timeout_s)
 
 
 async def reload_on_sighup(app: web.Application, signals: SignalRecorder) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 
 LOG = logging.getLogger("tts.redis")
 PR_SET_PDEATHSIG = 1
+# tts-redis-<pid of the owner>-<random>: a folder whose owner is gone can be removed.
+FOLDER_PREFIX = "tts-redis-"
 
 
 def _die_with_parent() -> None:
@@ -26,6 +29,28 @@ def _die_with_parent() -> None:
     The kernel ties this to the forking *thread*, so spawn() must run on the main thread.
     """
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_folders(root: str | None = None) -> list[Path]:
+    """The socket folders of owners that died without cleaning up (a SIGKILLed front:
+    its redis-server dies with it, its folder stays). Returns what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        owner = folder.name[len(FOLDER_PREFIX):].partition("-")[0]
+        if folder.is_dir() and owner.isascii() and owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def find_redis_server() -> str | None:
@@ -59,7 +84,7 @@ class RedisProcess:
         self.port = port
         # Tests slow Redis down with DEBUG SLEEP; Redis 7 refuses DEBUG unless enabled.
         self.allow_debug = allow_debug
-        self._folder = tempfile.TemporaryDirectory(prefix="tts-redis-")
+        self._folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.socket_path = Path(self._folder.name) / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -102,7 +127,9 @@ class RedisProcess:
         return self.wait_ready(timeout_s)
 
     def spawn(self) -> None:
-        log = open(Path(self._folder.name) / "redis.log", "wb")
+        """Start redis-server (again, after exited(): same socket, same folder)."""
+        Path(self._folder.name).mkdir(mode=0o700, exist_ok=True)  # a failed start removed it
+        log = open(Path(self._folder.name) / "redis.log", "ab")
         self.process = subprocess.Popen(
             self._args(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
@@ -131,6 +158,10 @@ class RedisProcess:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def exited(self) -> bool:
+        """True once the process has ended; poll() also reaps it (no zombie is left)."""
+        return self.process is not None and self.process.poll() is not None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests use it to take Redis away for real)."""

@@ -203,6 +203,13 @@ class RedisTier:
         except ConnectionError:
             pass
 
+    def recovered(self) -> None:
+        """Redis answers again (its watcher saw it): stop skipping it now, not after the
+        backoff, which may have grown to redis_backoff_max_s during the outage."""
+        self._skip_until = 0.0
+        self._backoff_s = 0.0
+        self._timeouts_in_a_row = 0
+
     def snapshot(self) -> dict[str, Any]:
         return {**vars(self.stats), "available": self.available}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import time
 
 from aiohttp import web
 
@@ -34,8 +35,12 @@ class Gateway:
         self.addresses = ClientAddress(settings.auth.trusted_proxies)
         self.local = LocalLimiter()
         self.redis = redis_limiter
+        self._redis_down = False
+        self._redis_retry_at = 0.0
         self.rejections: collections.Counter[str] = collections.Counter()
         self.anonymous_allowed = settings.anonymous_allowed  # parses addresses: once
+        # No token and only loopback: the one local user may use every feature (jobs too).
+        self.local_only = settings.local_only
 
     # ---- who ---------------------------------------------------------------------------
 
@@ -58,8 +63,13 @@ class Gateway:
     def tier(self, identity: Identity) -> TierSettings:
         return self.tiers[identity.tier]
 
+    def may_use(self, identity: Identity, feature: str) -> bool:
+        if self.local_only and identity.token is None:
+            return True
+        return feature in self.tier(identity).features
+
     def require_feature(self, identity: Identity, feature: str) -> None:
-        if feature not in self.tier(identity).features:
+        if not self.may_use(identity, feature):
             self._reject("forbidden")
             raise Forbidden(f"tier {identity.tier!r} may not use {feature!r}",
                             code="feature_not_allowed")
@@ -79,17 +89,31 @@ class Gateway:
         return Rate(per_min / 60.0, capacity)
 
     async def _check(self, key: str, rate: Rate, cost: float) -> Decision:
-        if self.redis is not None:
-            try:
-                return await self.redis.check(key, rate, cost)
-            except ConnectionError as exc:
-                return self._redis_unreachable(key, rate, cost, exc)
-        return self.local.check(key, rate, cost)
+        if self.redis is None:
+            return self.local.check(key, rate, cost)
+        if time.monotonic() < self._redis_retry_at:  # down: not retried on every request
+            return self._redis_unreachable(key, rate, cost)
+        try:
+            decision = await self.redis.check(key, rate, cost)
+        except ConnectionError as exc:
+            self._redis_failed(exc)
+            return self._redis_unreachable(key, rate, cost)
+        if self._redis_down:
+            self._redis_down = False
+            LOG.warning("rate limiter: redis is back")
+        return decision
 
-    def _redis_unreachable(self, key: str, rate: Rate, cost: float, exc: Exception) -> Decision:
+    def _redis_failed(self, exc: Exception) -> None:
+        """One warning per outage, not per request; retry Redis after limits.redis_retry_s."""
+        self._redis_retry_at = time.monotonic() + self.settings.limits.redis_retry_s
+        if not self._redis_down:
+            self._redis_down = True
+            LOG.warning("rate limiter: redis unreachable (%s); policy %s until it is back",
+                        exc, self.settings.limits.on_redis_error)
+
+    def _redis_unreachable(self, key: str, rate: Rate, cost: float) -> Decision:
         policy = self.settings.limits.on_redis_error
         self.rejections["redis_error"] += 1
-        LOG.warning("rate limiter: redis unreachable (%s); policy %s", exc, policy)
         if policy == "closed":
             raise ServiceUnavailable("rate limiter unavailable", code="limiter_unavailable",
                                      retry_after_s=self.settings.server.retry_after_s)
@@ -142,7 +166,17 @@ class Gateway:
                 self._reject("policy")
                 raise Forbidden("only reachable from this machine", code="loopback_only")
             return
-        self.identify(request)  # "token": any valid token
+        self._require_token(request)
+
+    def _require_token(self, request: web.Request) -> None:
+        """The "token" policy: a valid token, even where anonymous callers may use the API."""
+        presented = bearer_token(request)
+        if presented is None:
+            self._reject("unauthorized")
+            raise Unauthorized("a bearer token is required", code="missing_token")
+        if self.tokens.find(presented) is None:
+            self._reject("unauthorized")
+            raise Unauthorized("unknown or revoked token", code="invalid_token")
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:

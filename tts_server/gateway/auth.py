@@ -19,7 +19,10 @@ LOG = logging.getLogger("tts.auth")
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """SHA-256 of the token's bytes. aiohttp decodes header bytes as UTF-8 with
+    surrogateescape, so undecodable bytes come back as they were sent; UnicodeEncodeError
+    is left for a token that cannot come from a header (TokenStore.find: no match)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_token() -> str:
@@ -69,7 +72,10 @@ class TokenStore:
         return len(self._by_hash)
 
     def find(self, presented: str) -> TokenSettings | None:
-        digest = hash_token(presented)
+        try:
+            digest = hash_token(presented)
+        except UnicodeEncodeError:
+            return None
         match = None
         for known, token in self._by_hash.items():
             # Compare against every entry so timing does not reveal which prefix matched.
@@ -96,7 +102,7 @@ class ClientAddress:
     def __init__(self, trusted_proxies: tuple[str, ...]) -> None:
         self.trusted = _parse_networks(trusted_proxies)
 
-    def _is_trusted(self, address: str) -> bool:
+    def is_trusted(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -105,12 +111,12 @@ class ClientAddress:
 
     def of(self, request: web.Request) -> str:
         peer = request.remote or "unknown"
-        if not self.trusted or not self._is_trusted(peer):
+        if not self.trusted or not self.is_trusted(peer):
             return peer
         forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",")]
         # Walk from the nearest hop back; the first untrusted address is the client.
         for address in reversed([a for a in forwarded if a]):
-            if not self._is_trusted(address):
+            if not self.is_trusted(address):
                 return address
         return peer
 

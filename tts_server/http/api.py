@@ -25,10 +25,17 @@ async def tts(request: web.Request) -> web.StreamResponse:
 
 
 async def openai_speech(request: web.Request) -> web.StreamResponse:
-    """POST /v1/audio/speech: always streamed, like OpenAI's; SSE on request."""
+    """POST /v1/audio/speech: streamed like OpenAI's, SSE on request. A tier without the
+    "stream" feature gets SSE refused (403) and plain audio as one whole body with a
+    Content-Length, so OpenAI's SDK still works for it."""
     synthesis, as_sse = await parse_body(request, parse_speech_request)
+    may_stream = request.app[keys.GATEWAY].may_use(request[keys.IDENTITY], "stream")
+    if as_sse and not may_stream:
+        request.app[keys.GATEWAY].require_feature(request[keys.IDENTITY], "stream")
     responder = AudioResponder(request, await speak(request, synthesis))
-    return await (responder.sse() if as_sse else responder.streamed())
+    if as_sse:
+        return await responder.sse()
+    return await (responder.streamed() if may_stream else responder.whole())
 
 
 async def speak(request: web.Request, synthesis: SynthesisRequest) -> Speech:
@@ -49,7 +56,7 @@ async def admit(request: web.Request, synthesis: SynthesisRequest) -> Admission:
     identity = request[keys.IDENTITY]
     gateway.require_feature(identity, "tts")
     if synthesis.stream and request.path.startswith("/api/"):
-        gateway.require_feature(identity, "stream")
+        gateway.require_feature(identity, "stream")  # /v1 decides in openai_speech
     await gateway.charge_chars(identity, len(synthesis.text))
     tier = gateway.tier(identity)
     return Admission(priority=tier.priority, deadline_s=deadline_s(request, tier.deadline_s),

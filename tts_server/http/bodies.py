@@ -15,6 +15,7 @@ serve a stale answer; bodies that fail validation are never stored.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 from collections.abc import Callable, Hashable
@@ -24,7 +25,13 @@ from aiohttp import web
 
 from tts_server import keys
 from tts_server.config import Settings
-from tts_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from tts_server.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    quote,
+)
 from tts_server.speech.voices import VoiceRegistry
 
 V = TypeVar("V")
@@ -68,16 +75,23 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     route may allow more than the app's client_max_size)."""
     if request.content_type not in JSON_TYPES:
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {request.content_type[:100]!r}",
+            f"Content-Type must be application/json, got {quote(request.content_type)}",
             code="unsupported_media_type",
         )
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large")
+    timeout_s = request.app[keys.SETTINGS].server.body_timeout_s
     raw = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+                raw += chunk
+                if len(raw) > limit:
+                    raise PayloadTooLarge(f"body exceeds {limit} bytes", code="body_too_large")
+    except TimeoutError:
+        request[keys.CLOSE_AFTER] = True  # the rest of the body is never read
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s",
+                             code="body_timeout") from None
     return bytes(raw)
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from tts_server import keys
 from tts_server.errors import ServiceUnavailable, TTSError
 from tts_server.gateway import ratelimit_headers
+from tts_server.http.connections import SERVER_NAME, GuardedHandler
 from tts_server.http.observe import observe_middleware
 from tts_server.http.openai import openai_error_body
 from tts_server.http.routes import API_PREFIXES, METRICS_PATH, PROBE_PATHS
@@ -62,6 +63,11 @@ CONTENT_SECURITY_POLICY = (
 
 async def add_request_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: also reaches streamed responses, whose headers leave early."""
+    response.headers["Server"] = SERVER_NAME  # aiohttp's default names its and Python's version
+    if request.get(keys.CLOSE_AFTER) or response.status == 408:
+        # aiohttp decided its Connection header before this hook: set both.
+        response.force_close()
+        response.headers["Connection"] = "close"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.content_type == "text/html":
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
@@ -102,11 +108,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 @web.middleware
+async def connection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection its request headers are complete (its header deadline is met)."""
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedHandler):  # a test server's plain RequestHandler
+        return await handler(request)
+    protocol.request_started()
+    try:
+        return await handler(request)
+    finally:
+        protocol.request_finished()
+
+
+@web.middleware
 async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.app[keys.RUN_STATE].draining and request.path not in PROBE_PATHS:
-        retry = request.app[keys.SETTINGS].server.retry_after_s
-        raise ServiceUnavailable("server is shutting down", code="draining", retry_after_s=retry)
-    return await handler(request)
+    """While draining, what arrives gets 503 (probes still answer) and its connection
+    closes after the answer; what arrived before is counted until it is done."""
+    state = request.app[keys.RUN_STATE]
+    if state.draining:
+        request[keys.CLOSE_AFTER] = True
+        if request.path not in PROBE_PATHS:
+            retry = request.app[keys.SETTINGS].server.retry_after_s
+            raise ServiceUnavailable("server is shutting down", code="draining",
+                                     retry_after_s=retry)
+        return await handler(request)
+    state.in_flight += 1
+    try:
+        return await handler(request)
+    finally:
+        state.in_flight -= 1
 
 
 @web.middleware
@@ -131,6 +161,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 MIDDLEWARES = (
+    connection_middleware,
     request_id_middleware,
     observe_middleware,
     error_middleware,

@@ -21,6 +21,8 @@ ADMISSION_CODES = frozenset(
     {"would_miss_deadline", "shedding", "overloaded", "draining", "engine_unavailable"}
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Paths are client input: a 6 KB one is logged cut to this.
+MAX_LOGGED_PATH = 256
 
 
 def route_of(request: web.Request) -> str:
@@ -89,7 +91,10 @@ def _access_log(app: web.Application, request: web.Request, status: int, total_s
     if status < 400 and random.random() >= settings.access_log_sample_rate:
         return
     fields = _log_fields(request, status, total_s)
-    ACCESS_LOG.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
+    path = request.path
+    if len(path) > MAX_LOGGED_PATH:
+        path = path[:MAX_LOGGED_PATH] + "…"
+    ACCESS_LOG.info("%s %s %d", request.method, path, status, extra={"fields": fields})
 
 
 @web.middleware

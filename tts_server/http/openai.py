@@ -14,7 +14,7 @@ from inference.text import detect_language
 from tts_server import keys
 from tts_server.config import OpenAISettings, Settings
 from tts_server.encoding.formats import OPENAI_FORMATS, get_format
-from tts_server.errors import BadRequest, TTSError
+from tts_server.errors import BadRequest, TTSError, quote
 from tts_server.speech.request import (
     SynthesisRequest,
     build_request,
@@ -55,13 +55,13 @@ def resolve_voice(
     engine = openai.models.get(model, model if model in registry.engines else None)
     if engine is None:
         valid = sorted({*openai.models, *registry.voices, *registry.engines})
-        raise BadRequest(f"unknown model {model!r}; valid models: {', '.join(valid)}",
+        raise BadRequest(f"unknown model {quote(model)}; valid models: {', '.join(valid)}",
                          code="model_not_found", param="model")
     try:
         routed = registry.route(openai.voices.get(voice, voice), detect_language(text))
     except BadRequest:
         valid = sorted({*openai.voices, *registry.voices, *registry.aliases})
-        raise BadRequest(f"unknown voice {voice!r}; valid voices: {', '.join(valid)}",
+        raise BadRequest(f"unknown voice {quote(voice)}; valid voices: {', '.join(valid)}",
                          code="voice_not_found", param="voice") from None
     return registry.prefer_engine(routed, engine)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tts_server.errors import quote
+
 
 class RangeNotSatisfiable(Exception):
     pass
@@ -30,14 +32,14 @@ class ByteRange:
 def _number(text: str) -> int:
     text = text.strip()
     if not text.isascii() or not text.isdigit():
-        raise RangeNotSatisfiable(f"not a byte position: {text!r}")
+        raise RangeNotSatisfiable(f"not a byte position: {quote(text)}")
     return int(text)
 
 
 def _one(spec: str, size: int) -> ByteRange:
     first, dash, last = spec.strip().partition("-")
     if not dash:
-        raise RangeNotSatisfiable(f"not a byte range: {spec!r}")
+        raise RangeNotSatisfiable(f"not a byte range: {quote(spec)}")
     if not first.strip():  # "-N": the last N bytes
         suffix = _number(last)
         if suffix == 0 or size == 0:

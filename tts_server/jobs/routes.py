@@ -31,7 +31,8 @@ from tts_server.errors import (
     Unprocessable,
 )
 from tts_server.http.bodies import decode_json, read_body
-from tts_server.jobs.models import Job, JobSpec
+from tts_server.http.connections import ROUTE_OPTIONS
+from tts_server.jobs.models import Job, JobSpec, Status
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
 from tts_server.jobs.submission import idempotency_key_hash, parse_submission
@@ -39,6 +40,7 @@ from tts_server.jobs.submission import idempotency_key_hash, parse_submission
 BASE_PATH = "/api/tts/jobs"
 READ_BYTES = 1 << 20
 MAX_LIST = 100
+STATUSES = tuple(status.value for status in Status)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -163,11 +165,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     _, store = _runtime(request)
     owner = _owner(request)
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    # isdigit() alone accepts "²" and other digits int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be 1 to {MAX_LIST}", code="invalid_limit", param="limit")
-    jobs = await store.list_jobs(owner, int(raw))
     wanted = request.query.get("status")
-    if wanted:
+    if wanted is not None and wanted not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_status",
+                         param="status")
+    jobs = await store.list_jobs(owner, int(raw))
+    if wanted is not None:
         jobs = [job for job in jobs if job.status.value == wanted]
     return web.json_response({"jobs": [job.public(BASE_PATH) for job in jobs]})
 
@@ -241,8 +247,8 @@ async def _send(request: web.Request, store: JobStore, job_id: str, span: ByteRa
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(BASE_PATH, submit_job)
-    app.router.add_get(BASE_PATH, list_jobs)
-    app.router.add_get(BASE_PATH + "/{job_id}", job_status)
-    app.router.add_delete(BASE_PATH + "/{job_id}", cancel_job)
-    app.router.add_get(BASE_PATH + "/{job_id}/audio", job_audio)
+    app.router.add_post(BASE_PATH, submit_job, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH, list_jobs, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH + "/{job_id}", job_status, **ROUTE_OPTIONS)
+    app.router.add_delete(BASE_PATH + "/{job_id}", cancel_job, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH + "/{job_id}/audio", job_audio, **ROUTE_OPTIONS)

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from tts_server.config import JobSettings
-from tts_server.errors import BadRequest
+from tts_server.errors import BadRequest, quote
 from tts_server.jobs.models import Job
 from tts_server.jobs.stores.base import JobStore, StoreUnavailable
 
@@ -33,18 +33,29 @@ MAX_URL_CHARS = 2048
 BATCH = 16
 
 
+def _invalid(message: str) -> BadRequest:
+    return BadRequest(message, code="invalid_callback_url", param="callback_url")
+
+
 def _host_port(url: urllib.parse.SplitResult) -> tuple[str, int | None]:
     try:
         port = url.port
     except ValueError:
-        raise BadRequest("callback_url has an invalid port", code="invalid_callback_url",
-                         param="callback_url") from None
+        raise _invalid("callback_url has an invalid port") from None
     return (url.hostname or "").lower(), port
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    """urlsplit, with its ValueError (an unclosed "[::1", say) as 400, never 500."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:
+        raise _invalid("callback_url is not a valid URL") from None
 
 
 def host_allowed(url: str, allowed: tuple[str, ...]) -> bool:
     """`url`'s host matches an entry "host" (any port) or "host:port" (that port only)."""
-    parsed = urllib.parse.urlsplit(url)
+    parsed = _split(url)
     host, port = _host_port(parsed)
     port = port or (443 if parsed.scheme == "https" else 80)
     for entry in allowed:
@@ -60,15 +71,13 @@ def check_callback_url(value: Any, allowed: tuple[str, ...]) -> str:
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
-        raise BadRequest("callback_url must be a URL string", code="invalid_callback_url",
-                         param="callback_url")
-    parsed = urllib.parse.urlsplit(value)
+        raise _invalid("callback_url must be a URL string")
+    parsed = _split(value)
     host, _ = _host_port(parsed)
     if parsed.scheme not in ("http", "https") or not host or parsed.username is not None:
-        raise BadRequest("callback_url must be an http(s) URL without credentials",
-                         code="invalid_callback_url", param="callback_url")
+        raise _invalid("callback_url must be an http(s) URL without credentials")
     if not host_allowed(value, allowed):
-        raise BadRequest(f"callback_url host {host!r} is not in jobs.webhook_hosts",
+        raise BadRequest(f"callback_url host {quote(host)} is not in jobs.webhook_hosts",
                          code="callback_not_allowed", param="callback_url")
     return value
 

@@ -34,6 +34,8 @@ class RunState:
 
     draining: bool = False
     degradation_level: Level = Level.NORMAL
+    # Requests inside the middleware chain: the drain waits for these to finish.
+    in_flight: int = 0
 
     @property
     def preview_enabled(self) -> bool:
