@@ -162,7 +162,9 @@ class Gateway:
         if policy == "open":
             return
         if policy == "loopback":
-            if not is_loopback(request.remote or ""):
+            # The client's address, not the peer's: behind a local proxy every peer is
+            # loopback (X-Forwarded-For counts only from auth.trusted_proxies).
+            if not is_loopback(self.addresses.of(request)):
                 self._reject("policy")
                 raise Forbidden("only reachable from this machine", code="loopback_only")
             return

@@ -197,3 +197,14 @@ async def test_access_policies_for_probes(app_client):
     assert (await client.call("GET", "/readyz"))[0] == 401
     assert (await client.call("GET", "/readyz", headers=bearer(STANDARD)))[0] == 200
     assert (await client.call("GET", "/healthz", headers=bearer(VIP)))[0] == 200
+
+
+async def test_loopback_policy_judges_the_client_behind_a_trusted_proxy(app_client):
+    """Behind a local nginx every peer is 127.0.0.1: the policy must look past it."""
+    client = await app_client(
+        {"auth": {"trusted_proxies": ["127.0.0.1"], "metrics_access": "loopback"}}
+    )
+    assert (await client.call("GET", "/metrics"))[0] == 200
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    status, _, body = await client.call("GET", "/metrics", headers=forwarded)
+    assert status == 403 and b"loopback_only" in body
