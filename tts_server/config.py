@@ -504,8 +504,8 @@ class WyomingSettings:
     write_timeout_s: float = 30.0
     # Characters one synthesize-start ... synthesize-stop stream may carry in all.
     max_stream_chars: int = 20000
-    # Sentences synthesized ahead of the one being sent; beyond, the server stops reading
-    # the client's text until one is sent.
+    # Sentences synthesized ahead of the one being sent (the audio held per client is
+    # bounded by it); later ones wait as text, bounded by max_stream_chars.
     lookahead_sentences: int = 4
     # At shutdown, connections still busy get this long to finish, then are closed.
     drain_timeout_s: float = 10.0
@@ -534,8 +534,8 @@ class StreamInSettings:
     max_session_chars: int = 20000
     # Largest WebSocket message (bytes) read at all; larger closes with 1009.
     max_message_bytes: int = 65536
-    # Sentences synthesized ahead of the one being sent; beyond, the server stops reading
-    # the client's text (the client is paused) until one is sent.
+    # Sentences synthesized ahead of the one being sent (the audio held per client is
+    # bounded by it); later ones wait as text, bounded by max_session_chars.
     lookahead_sentences: int = 4
     # A client that reads none of its audio for this long is disconnected with 4408.
     send_timeout_s: float = 10.0

@@ -244,7 +244,7 @@ class StreamSession:
             if not self.draining:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-        await self._end_of_text()
+        self._end_of_text()
 
     async def _next_message(self, timeout_s: float | None, what: str) -> dict[str, Any]:
         """The next JSON object from the client; the idle limit holds only while nothing
@@ -286,7 +286,7 @@ class StreamSession:
         if kind == "text":
             await self._text(message.get("text"))
         elif kind == "flush":
-            await self._put(self.cutter.flush())
+            self._add(self.cutter.flush())
         elif kind == "cancel":
             self.cutter.clear()
             await self._send_json({"type": "cancelled", "dropped": self.pipeline.cancel()})
@@ -310,14 +310,14 @@ class StreamSession:
                         f"the session's text is over {limits.max_session_chars} characters")
         self.info.chars += len(text)
         await self.app[keys.GATEWAY].charge_chars(self.identity, len(text))
-        await self._put(self.cutter.add(text))
+        self._add(self.cutter.add(text))
 
-    async def _put(self, units: list[str]) -> None:
+    def _add(self, units: list[str]) -> None:
         for unit in units:
-            await self.pipeline.put(unit)  # waits (the client is not read) while it is full
+            self.pipeline.add(unit)
 
-    async def _end_of_text(self) -> None:
-        await self._put(self.cutter.flush())
+    def _end_of_text(self) -> None:
+        self._add(self.cutter.flush())
         self.pipeline.close()
 
     # ---- speaking and sending -----------------------------------------------------------

@@ -4,13 +4,14 @@ Shared by the two text-in streaming fronts (the WebSocket route and Wyoming's
 synthesize-start/-chunk/-stop). `SentenceCutter` turns fragments into the same units
 `split_units` makes of a whole text; `SentencePipeline` starts each unit's synthesis as
 soon as it is cut (so two sentences can run on two workers) while their audio leaves in
-order, with a bounded number of sentences unsent at once.
+order, with a bounded number of sentences synthesized ahead of the one being sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,10 @@ class SentenceCutter:
         return self._buffer
 
     def add(self, fragment: str) -> list[str]:
-        self._buffer += fragment
+        # NFKC first, as normalize() does to a whole text: boundaries are then found in the
+        # same characters (full-width "！" is "!" by then), so the units and their cache
+        # keys are the same whether a text is streamed or sent at once.
+        self._buffer += unicodedata.normalize("NFKC", fragment)
         cut = self._last_boundary()
         if cut == 0 and len(self._buffer) > self.max_chunk_chars:
             cut = self._hard_cut()  # no sentence end in sight: keep the buffer bounded
@@ -134,47 +138,47 @@ class SpokenSentence:
 
 
 class SentencePipeline:
-    """Sentences spoken in order; at most `lookahead` are unsent at once (put() waits)."""
+    """Sentences spoken in order. At most `lookahead` are synthesizing or unsent at once
+    (what bounds the audio held for a client); later ones wait as text, which the caller
+    bounds by its character limit, so the client's messages are always read (a cancel or
+    a hang-up is seen at once)."""
 
     def __init__(self, speak: Callable[[str], Awaitable[Speech]], lookahead: int) -> None:
         self._speak = speak
-        self._slots = asyncio.Semaphore(lookahead)
+        self._free = lookahead
+        self._waiting: deque[str] = deque()
         self._order: asyncio.Queue[SpokenSentence | None] = asyncio.Queue()
         self._unsent: deque[SpokenSentence] = deque()
+        self._closed = False
         self.count = 0
 
     @property
     def busy(self) -> bool:
-        """Some sentence is still being synthesized or sent."""
-        return bool(self._unsent)
+        """Some sentence is waiting, being synthesized or being sent."""
+        return bool(self._unsent or self._waiting)
 
-    async def put(self, text: str) -> SpokenSentence:
-        """Start the sentence's synthesis now; waits while `lookahead` are unsent."""
-        await self._slots.acquire()
-        sentence = SpokenSentence(self.count, text)
-        self.count += 1
-        sentence._task = asyncio.get_running_loop().create_task(self._run(sentence))
-        self._unsent.append(sentence)
-        self._order.put_nowait(sentence)
-        return sentence
+    def add(self, text: str) -> None:
+        """Queue a sentence; its synthesis starts now if fewer than `lookahead` are unsent."""
+        self._waiting.append(text)
+        self._start_ready()
 
     def close(self) -> None:
         """No more sentences: sentences() ends after the last one."""
-        self._order.put_nowait(None)
+        self._closed = True
+        self._start_ready()
 
     def cancel(self) -> int:
-        """Drop every unsent sentence (the one being sent too): their units never run, or
-        stop running. Returns how many were dropped."""
-        dropped = 0
+        """Drop every sentence not yet sent (the one being sent too): their units never
+        run, or stop running. Returns how many were dropped; the stream goes on."""
+        dropped = len(self._waiting) + len(self._unsent)
+        self._waiting.clear()
         while self._unsent:
-            sentence = self._unsent.popleft()
-            self._drop(sentence)
-            dropped += 1
+            self._drop(self._unsent.popleft())
+        ended = False
         while not self._order.empty():  # the dropped ones must not come out of sentences()
-            item = self._order.get_nowait()
-            if item is None:
-                self._order.put_nowait(None)
-                break
+            ended = self._order.get_nowait() is None or ended
+        if ended:
+            self._order.put_nowait(None)
         return dropped
 
     async def sentences(self) -> AsyncIterator[SpokenSentence]:
@@ -183,9 +187,21 @@ class SentencePipeline:
             try:
                 yield sentence
             finally:
-                self._release(sentence)
                 with contextlib.suppress(ValueError):
                     self._unsent.remove(sentence)
+                self._release(sentence)
+
+    def _start_ready(self) -> None:
+        while self._waiting and self._free > 0:
+            self._free -= 1
+            sentence = SpokenSentence(self.count, self._waiting.popleft())
+            self.count += 1
+            sentence._task = asyncio.get_running_loop().create_task(self._run(sentence))
+            self._unsent.append(sentence)
+            self._order.put_nowait(sentence)
+        if self._closed and not self._waiting:
+            self._closed = False  # the end marker goes in once
+            self._order.put_nowait(None)
 
     async def _run(self, sentence: SpokenSentence) -> None:
         try:
@@ -210,7 +226,8 @@ class SentencePipeline:
     def _release(self, sentence: SpokenSentence) -> None:
         if not sentence._released:
             sentence._released = True
-            self._slots.release()
+            self._free += 1
+            self._start_ready()
 
 
 def at_rate(pcm: bytes, source_rate: int, target_rate: int) -> bytes:

@@ -173,11 +173,20 @@ class Connection:
             self.stream = None
         if self.exchange is not None:
             self._end(CLIENT_CLOSED, "client_closed")
-        self.writer.close()
         try:
+            # Half-close and read what the peer still sends: closing with unread input
+            # would reset the connection and could discard the error event in flight.
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(self._discard_input(), CLOSE_GRACE_S)
+            self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), CLOSE_GRACE_S)
-        except (TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
             self.writer.transport.abort()  # a peer that takes no bytes keeps no socket
+
+    async def _discard_input(self) -> None:
+        while await self.reader.read(65536):
+            pass
 
     # ---- who, and may they -----------------------------------------------------------------
 

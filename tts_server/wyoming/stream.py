@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class WyomingStream:
     """Text chunks in (read by the connection's loop), audio out (written by `sender`):
     each finished sentence is synthesized at once, its audio sent in order as its own
-    audio-start ... audio-stop. At most `lookahead_sentences` wait unsent; beyond, add()
-    waits, so the client's further text stays unread in the socket."""
+    audio-start ... audio-stop. At most `lookahead_sentences` are synthesized ahead of the
+    one being sent; later ones wait as text (bounded by max_stream_chars)."""
 
     def __init__(self, connection: Connection, choice: VoiceChoice, identity: Identity,
                  exchange: Exchange) -> None:
@@ -52,13 +52,13 @@ class WyomingStream:
         info.chars += len(text)
         await self.app[keys.GATEWAY].charge_chars(self.identity, len(text))
         for unit in self.cutter.add(text):
-            await self.pipeline.put(unit)
+            self.pipeline.add(unit)
 
     async def finish(self) -> None:
         """synthesize-stop: what is left is the last sentence; returns once all audio is out
         (raising what the sender met, if it failed)."""
         for unit in self.cutter.flush():
-            await self.pipeline.put(unit)
+            self.pipeline.add(unit)
         self.pipeline.close()
         await self.sender
         if self.failure is not None:
