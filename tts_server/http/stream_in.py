@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -370,14 +371,25 @@ class StreamSession:
     async def _send_json(self, message: dict[str, Any]) -> None:
         await self._send(self.ws.send_str(json.dumps(message, ensure_ascii=False)))
 
-    async def _send(self, sending: Any) -> None:
-        """One frame; a client that takes none of its audio for send_timeout_s is closed."""
+    async def _send(self, sending: Coroutine[Any, Any, None]) -> None:
+        """One frame; a client that takes none of its audio for send_timeout_s is closed.
+
+        The send is shielded from the timeout: aiohttp's writers share one drain waiter,
+        and cancelling a wait on it would cancel it for the close frame that follows."""
         async with self._send_lock:
+            task = asyncio.ensure_future(sending)
             try:
-                await asyncio.wait_for(sending, self.limits.send_timeout_s)
+                await asyncio.wait_for(asyncio.shield(task), self.limits.send_timeout_s)
             except TimeoutError:
+                task.add_done_callback(_retrieve)
                 raise Close(SLOW_READER, "slow_reader",
                             f"the client read no audio for {self.limits.send_timeout_s:g} s"
                             ) from None
             except (ConnectionError, RuntimeError):
                 raise ClientGone() from None
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A send abandoned to a slow reader fails once the socket is cut: nobody awaits it."""
+    if not task.cancelled():
+        task.exception()

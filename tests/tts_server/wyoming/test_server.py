@@ -299,7 +299,9 @@ async def test_a_client_that_hangs_up_mid_stream_leaves_no_work(server):
         await asyncio.sleep(0.05)
     await asyncio.sleep(3)
     ran = metric_value(server, "tts_synthesis_seconds_count", engine="piper") - before
-    assert ran < 8  # the dropped sentences never ran
+    # Four sentences were handed to the pool (the lookahead), two of them running on the two
+    # workers: the queued two are dropped, and the waiting four never start.
+    assert ran <= 2
     assert (await synthesize(server, "Serving after a hang-up.")).types == [
         "audio-start", "audio-stop"]
 
