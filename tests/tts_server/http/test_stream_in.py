@@ -320,3 +320,18 @@ async def test_the_bearer_token_is_checked_at_the_upgrade(http, token_server):
     session = await stream(http, token_server, {"type": "config"}, texts("With a token."),
                            headers={"Authorization": f"Bearer {TOKEN}"})
     assert session.close_code == 1000 and session.audio
+
+
+async def test_shutdown_speaks_what_was_sent_then_closes_with_1001(http, running_server):
+    server = running_server({"cache": {"redis": "off"}})
+    async with http.ws_connect(server.url + PATH) as ws:
+        await ws.send_json({"type": "config", "voice": "joe"})
+        await ws.send_json({"type": "text", "text": "One is said. Two is said. Three is"})
+        assert (await ws.receive_json(timeout=TIMEOUT_S))["type"] == "start"
+        stopping = asyncio.get_running_loop().run_in_executor(None, server.stop)
+        session = await receive_all(ws, Session())
+    assert await stopping == 0
+    assert [m["text"] for m in session.of_type("sentence")] == [
+        "One is said.", "Two is said.", "Three is"]
+    assert session.of_type("done") and session.close_code == 1001
+    assert session.close_reason["code"] == "draining"
