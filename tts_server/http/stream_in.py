@@ -44,11 +44,11 @@ FORMATS = {"pcm": "pcm_native", "opus": "opus", "mp3": "mp3"}
 SESSIONS = web.AppKey("stream_in_sessions", set)
 # Application close codes: 4000 + the HTTP status the same error has on the API.
 APP_CLOSE_BASE = 4000
-SLOW_READER = 4408
+TIMED_OUT = 4408  # a slow reader, an idle or silent client
 # Close codes aiohttp sends by itself (an oversize message, invalid UTF-8): their reason.
 PROTOCOL_REASONS = {
     WSCloseCode.MESSAGE_TOO_BIG: ("message_too_big", "a message is over the size limit"),
-    WSCloseCode.INVALID_TEXT: ("invalid_text", "a text message is not valid UTF-8"),
+    WSCloseCode.INVALID_TEXT: ("invalid_utf8", "a text message is not valid UTF-8"),
     WSCloseCode.PROTOCOL_ERROR: ("protocol_error", "not a valid WebSocket frame"),
 }
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
@@ -196,7 +196,7 @@ class StreamSession:
     async def _close(self, close: Close) -> None:
         self.request[keys.ERROR_CODE] = close.error
         LOG.info("stream-in: closing %d %s: %s", close.code, close.error, close.message)
-        if close.code != SLOW_READER or close.error != "slow_reader":  # it would not read it
+        if close.error != "slow_reader":  # it would not read it
             with contextlib.suppress(Close, ClientGone):
                 await self._send_json({"type": "error", "code": close.error,
                                        "message": close.message})
@@ -257,7 +257,7 @@ class StreamSession:
             except TimeoutError:
                 if timeout_s is None and self.pipeline.busy:
                     continue
-                raise Close(SLOW_READER, "idle_timeout",
+                raise Close(TIMED_OUT, "idle_timeout",
                             f"no {what} within {timeout_s or self.limits.idle_timeout_s:g} s"
                             ) from None
         return self._parse(msg)
@@ -352,10 +352,10 @@ class StreamSession:
         assert speech is not None and self.info.trace is not None
         info = self.info
         info.engine = info.engine or speech.trace.engine
-        info.cache = info.cache or speech.cache_status
         add_trace(info.trace, speech.trace)
         metrics = self.app.get(keys.METRICS)
-        if metrics is not None:
+        if metrics is not None:  # each sentence is a lookup of its own (info.cache stays
+            # unset: the request middleware would count the session once more)
             metrics.child(metrics.cache_results, speech.cache_status).inc()
         await self._send_json({
             "type": "sentence", "index": sentence.index, "text": sentence.text,
@@ -382,7 +382,7 @@ class StreamSession:
                 await asyncio.wait_for(asyncio.shield(task), self.limits.send_timeout_s)
             except TimeoutError:
                 task.add_done_callback(_retrieve)
-                raise Close(SLOW_READER, "slow_reader",
+                raise Close(TIMED_OUT, "slow_reader",
                             f"the client read no audio for {self.limits.send_timeout_s:g} s"
                             ) from None
             except (ConnectionError, RuntimeError):

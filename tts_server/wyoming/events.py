@@ -101,7 +101,7 @@ def encode_event(event: Event) -> bytes:
         header["data_length"] = len(data)
     if event.payload:
         header["payload_length"] = len(event.payload)
-    return json.dumps(header, ensure_ascii=False).encode() + b"\n" + data + event.payload
+    return json.dumps(header, ensure_ascii=False).encode() + b"\n" + data + (event.payload or b"")
 
 
 class SlowReader(TTSError):

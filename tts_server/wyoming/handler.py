@@ -111,15 +111,20 @@ class Connection:
             await self._fail(exc)
         except (ConnectionError, OSError):
             pass  # the client went away; the finally below drops its work
+        except Exception:
+            LOG.exception("wyoming: unexpected failure serving %s", self.peer)
+            await self._fail(TTSError("internal server error"))
         finally:
             await self._close()
 
     async def _supervise(self, reader: asyncio.Task[None]) -> None:
         """The read loop, or a stream's sender failing first (it cannot raise in the
         reader's task): either way the first failure is what the client hears."""
-        await asyncio.wait({reader, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({reader, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()  # a no-op once it is done; at shutdown it ends with us
         if self._failure.done():
-            reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
             raise self._failure.result()
@@ -131,20 +136,27 @@ class Connection:
             self._failure.set_result(exc)
 
     async def _read_loop(self) -> None:
-        idle_s = self.service.config.idle_timeout_s
-        while True:
-            try:
-                event = await asyncio.wait_for(read_event(self.reader, self.service.limits),
-                                               idle_s)
-            except TimeoutError:
-                raise ProtocolError(f"no event for {idle_s:g} s", "idle_timeout") from None
-            if event is None:
-                return
+        while (event := await self._next_event()) is not None:
             handler = self._handlers.get(event.type)
             if handler is None:
                 LOG.debug("wyoming: ignoring a %r event", event.type)
                 continue
             await handler(event)
+
+    async def _next_event(self) -> Event | None:
+        """The idle limit holds only while nothing is being spoken: a client waiting for a
+        stream's audio before it sends more text is not idle."""
+        idle_s = self.service.config.idle_timeout_s
+        reading = asyncio.ensure_future(read_event(self.reader, self.service.limits))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=idle_s)
+                if done:
+                    return reading.result()
+                if self.stream is None or not self.stream.pipeline.busy:
+                    raise ProtocolError(f"no event for {idle_s:g} s", "idle_timeout")
+        finally:
+            reading.cancel()  # a no-op once it is done
 
     async def _fail(self, exc: TTSError | ProtocolError) -> None:
         status = exc.status if isinstance(exc, TTSError) else 400
@@ -159,9 +171,9 @@ class Connection:
         except (ConnectionError, OSError, TTSError):
             pass  # nobody to tell
 
-    def _end(self, status: int, error: str | None = None, kind: str = "connection") -> None:
+    def _end(self, status: int, error: str | None = None) -> None:
         """Record the exchange under way (or, for a refusal outside one, a bare line)."""
-        exchange = self.exchange or Exchange(kind, self.peer)
+        exchange = self.exchange or Exchange("connection", self.peer)
         self.exchange = None
         if exchange.kind == "connection":
             self.service.observer.begin(exchange)

@@ -102,7 +102,8 @@ class Observer:
         fields = {
             "request_id": exchange.request_id, "method": exchange.kind, "route": ROUTE,
             "status": status, "total_ms": round(total_s * 1000, 1), "client": exchange.client,
-            "error": error, "voice": info.voice, "engine": info.engine, "chars": info.chars,
+            **({"error": error} if error else {}),
+            "voice": info.voice, "engine": info.engine, "chars": info.chars,
             "cache": info.cache, "format": info.audio_format, "audio_s": round(info.audio_s, 3),
             "sentences": exchange.sentences, "cache_hits": exchange.cache_hits,
             "queue_ms": round(trace.queue_ms, 1) if trace else None,

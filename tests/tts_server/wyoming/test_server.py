@@ -26,6 +26,7 @@ from wyoming.tts import (
 )
 
 from tests.support import free_port, plausible_duration
+from tts_server.wyoming.events import encode_event
 
 TIMEOUT_S = 60
 TOKEN = "tts_wyoming_test_token"
@@ -71,7 +72,8 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wyoming")
     port = free_port()
     config = write_config(folder / "config.toml", merged({
-        "wyoming": {"enabled": True, "port": port, "max_stream_chars": 900},
+        "wyoming": {"enabled": True, "port": port, "max_stream_chars": 900,
+                    "max_connections": 6, "idle_timeout_s": 4.0, "write_timeout_s": 2.0},
         # Every comparison with /api/tts below is then two syntheses, not a cache hit.
         "cache": {"enabled": False},
     }))
@@ -303,6 +305,61 @@ async def test_a_client_that_hangs_up_mid_stream_leaves_no_work(server):
     # workers: the queued two are dropped, and the waiting four never start.
     assert ran <= 2
     assert (await synthesize(server, "Serving after a hang-up.")).types == [
+        "audio-start", "audio-stop"]
+
+
+async def test_an_idle_connection_is_told_and_closed(server):
+    async with connect(server) as client:
+        started = time.monotonic()
+        reply = await read_until(client, "never")
+    assert reply.error().code == "idle_timeout"
+    assert 3.5 < time.monotonic() - started < 15
+
+
+async def test_connections_over_the_limit_are_refused_with_an_error(server):
+    clients = [connect(server) for _ in range(6)]
+    for client in clients:
+        await client.connect()
+    await asyncio.sleep(0.2)
+    try:
+        async with connect(server) as extra:
+            reply = await read_until(extra, "never")
+        assert reply.error().code == "too_many_connections"
+    finally:
+        for client in clients:
+            await client.disconnect()
+    await asyncio.sleep(0.2)
+    assert (await synthesize(server, "A free seat.")).types == ["audio-start", "audio-stop"]
+
+
+def slow_reader_lines(server) -> list[str]:
+    return [line for line in server.log().splitlines()
+            if '"error": "slow_reader"' in line and '"status": 408' in line]
+
+
+def test_a_client_that_reads_no_audio_is_disconnected(server):
+    """A small receive window and no reads: once the kernel's buffers are full the server
+    waits wyoming.write_timeout_s, then disconnects instead of holding on."""
+    text = " ".join(f"Sentence {n} of a long text that nobody is reading at all." for n in
+                    range(60))
+    whole = len(api_pcm(server, text))
+    seen = len(slow_reader_lines(server))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.wyoming_port))
+        sock.sendall(encode_event(Synthesize(text=text).event()))
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(slow_reader_lines(server)) == seen and time.monotonic() < deadline:
+            time.sleep(0.2)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # cut after its grace: what it had not taken is dropped
+    assert len(slow_reader_lines(server)) == seen + 1
+    assert len(received) < whole * 0.6  # what the kernel buffers held, not the whole audio
+    assert asyncio.run(synthesize(server, "Still serving.")).types == [
         "audio-start", "audio-stop"]
 
 
