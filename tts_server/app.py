@@ -33,6 +33,7 @@ from tts_server.speech.request import parse_tts_request
 from tts_server.speech.service import SpeechService
 from tts_server.speech.synthesizer import Synthesizer
 from tts_server.speech.voices import VoiceRegistry
+from tts_server.wyoming import wyoming_context
 
 LOG = logging.getLogger("tts.server")
 PRIVATE_REDIS = web.AppKey("private_redis", RedisProcess)
@@ -302,6 +303,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(gateway_context)
     app.cleanup_ctx.append(degradation_context)
     setup_jobs(app)  # after the pools, cache and gateway it uses
+    app.cleanup_ctx.append(wyoming_context)  # likewise; it stops first, before them
     app.on_response_prepare.append(add_request_headers)
     setup_routes(app)
     return app

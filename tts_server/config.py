@@ -524,6 +524,90 @@ class JobSettings:
         _require(self.webhook_backoff_s >= 0, "jobs.webhook_backoff_s must be >= 0")
 
 
+WYOMING_ACCESS = ("loopback", "open", "token")
+
+
+@dataclass(frozen=True)
+class WyomingSettings:
+    """The Wyoming protocol listener (Home Assistant), in the HTTP front's process and loop."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 10200
+    # Who may use it: "loopback" peers, "open" (anyone who reaches the port), or "token":
+    # every describe / synthesize / synthesize-start event carries an API token in
+    # data.token. Home Assistant sends no token: it needs "loopback" or "open".
+    access: str = "loopback"
+    # The tier of callers without a token ("" = auth.anonymous_tier).
+    tier: str = ""
+    # The program's name in `info` (what Home Assistant shows).
+    program_name: str = "tts-server"
+    # Samples per audio-chunk event (wyoming-piper's default).
+    samples_per_chunk: int = 1024
+    # Connections served at once; more are told so in an error event and closed.
+    max_connections: int = 64
+    # Largest header line, and largest data block, of one event a client sends.
+    max_event_bytes: int = 65536
+    # Largest payload a client may attach (a TTS client sends none); larger: error, closed.
+    max_payload_bytes: int = 65536
+    # A connection with no event for this long is closed (with an error event).
+    idle_timeout_s: float = 300.0
+    # A client that takes none of its audio for this long is disconnected.
+    write_timeout_s: float = 30.0
+    # Characters one synthesize-start ... synthesize-stop stream may carry in all.
+    max_stream_chars: int = 20000
+    # Sentences synthesized ahead of the one being sent (the audio held per client is
+    # bounded by it); later ones wait as text, bounded by max_stream_chars.
+    lookahead_sentences: int = 4
+    # At shutdown, connections still busy get this long to finish, then are closed.
+    drain_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"wyoming.port must be 0..65535, got {self.port}")
+        _require(self.access in WYOMING_ACCESS, f"wyoming.access must be one of {WYOMING_ACCESS}")
+        _require(self.samples_per_chunk >= 64, "wyoming.samples_per_chunk must be >= 64")
+        _require(self.max_connections >= 1, "wyoming.max_connections must be >= 1")
+        _require(self.max_event_bytes >= 1024, "wyoming.max_event_bytes must be >= 1024")
+        _require(self.max_payload_bytes >= 0, "wyoming.max_payload_bytes must be >= 0")
+        _require(self.idle_timeout_s > 0 and self.write_timeout_s > 0,
+                 "wyoming timeouts must be > 0")
+        _require(self.max_stream_chars >= 1, "wyoming.max_stream_chars must be >= 1")
+        _require(self.lookahead_sentences >= 1, "wyoming.lookahead_sentences must be >= 1")
+        _require(self.drain_timeout_s >= 0, "wyoming.drain_timeout_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class StreamInSettings:
+    """GET /v1/audio/speech/stream: text in over a WebSocket, audio out per sentence."""
+
+    # Characters of one text message; more closes the session with 1009.
+    max_fragment_chars: int = 2000
+    # Characters one session may send in all; more closes it with 4413.
+    max_session_chars: int = 20000
+    # Largest WebSocket message (bytes) read at all; larger closes with 1009.
+    max_message_bytes: int = 65536
+    # Sentences synthesized ahead of the one being sent (the audio held per client is
+    # bounded by it); later ones wait as text, bounded by max_session_chars.
+    lookahead_sentences: int = 4
+    # A client that reads none of its audio for this long is disconnected with 4408.
+    send_timeout_s: float = 10.0
+    # After such a close, the time the client gets to take the close frame.
+    close_timeout_s: float = 5.0
+    # The first message (the config) must arrive within this.
+    config_timeout_s: float = 10.0
+    # No message for this long while nothing is being spoken: closed with 4408.
+    idle_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _require(self.max_fragment_chars >= 1, "stream_in.max_fragment_chars must be >= 1")
+        _require(self.max_session_chars >= self.max_fragment_chars,
+                 "stream_in.max_session_chars must be >= max_fragment_chars")
+        _require(self.max_message_bytes >= 1024, "stream_in.max_message_bytes must be >= 1024")
+        _require(self.lookahead_sentences >= 1, "stream_in.lookahead_sentences must be >= 1")
+        _require(min(self.send_timeout_s, self.close_timeout_s, self.config_timeout_s,
+                     self.idle_timeout_s) > 0, "stream_in timeouts must be > 0")
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -539,6 +623,8 @@ class Settings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    wyoming: WyomingSettings = field(default_factory=WyomingSettings)
+    stream_in: StreamInSettings = field(default_factory=StreamInSettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens
@@ -552,6 +638,10 @@ class Settings:
             _require(token.tier in tiers, f"token {token.name!r}: unknown tier {token.tier!r}")
         _require(self.auth.anonymous_tier in tiers,
                  f"auth.anonymous_tier {self.auth.anonymous_tier!r} is not in limits.tiers")
+        _require(self.wyoming.tier in ("", *tiers),
+                 f"wyoming.tier {self.wyoming.tier!r} is not in limits.tiers")
+        _require(self.wyoming.access != "token" or self.auth.has_tokens,
+                 'wyoming.access = "token" needs API tokens ([[auth.tokens]] or tokens_file)')
 
     @property
     def anonymous_allowed(self) -> bool:

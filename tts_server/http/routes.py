@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tts_server import keys
-from tts_server.http import api, openapi, probes
+from tts_server.http import api, openapi, probes, stream_in
 from tts_server.http.bodies import PARSED_BODIES, ParsedBodies
 from tts_server.http.connections import ROUTE_OPTIONS
 from tts_server.http.openai import list_models, list_voices
@@ -28,6 +28,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/voices", api.voices, **ROUTE_OPTIONS)
     app.router.add_get("/api/cache/stats", api.cache_stats, **ROUTE_OPTIONS)
     app.router.add_post("/v1/audio/speech", api.openai_speech, **ROUTE_OPTIONS)
+    stream_in.setup(app)  # GET /v1/audio/speech/stream (WebSocket) and its shutdown hook
     app.router.add_get("/v1/models", list_models, **ROUTE_OPTIONS)
     app.router.add_get("/v1/audio/voices", list_voices, **ROUTE_OPTIONS)
     app.router.add_get("/healthz", probes.healthz, **ROUTE_OPTIONS)
