@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.support import ServerProcess, free_port, merged, write_config
+from tests.support import ServerProcess, merged, write_config
 from tts_server.encoding.wav import wav_header
 
 API_KEY_ENV = "TTS_TEST_UPSTREAM_KEY"
@@ -30,7 +30,6 @@ FRONT_SECTIONS: dict[str, dict[str, Any]] = {
 }
 # The upstream: deterministic audio, no cache (every call is a real synthesis).
 UPSTREAM_SECTIONS: dict[str, dict[str, Any]] = {"cache": {"enabled": False}}
-Start = Callable[..., ServerProcess]
 
 
 def entry(base_url: str, **fields: Any) -> dict[str, Any]:
@@ -39,39 +38,48 @@ def entry(base_url: str, **fields: Any) -> dict[str, Any]:
             "gender": "male", **fields}
 
 
-def start_server(folder: Path, name: str, sections: dict[str, dict[str, Any]],
-                 env: dict[str, str] | None = None, port: int | None = None) -> ServerProcess:
-    config = write_config(folder / f"{name}.toml", merged(sections))
-    return ServerProcess(config, folder / f"{name}.log", env=env, port=port)
+class Servers:
+    """Server processes of one test or module, each a front (given entries) or an upstream;
+    all stopped at the end (SIGCONT first, in case a test left one stopped)."""
 
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[ServerProcess] = []
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    """start(name, sections, entries=..., wait=True): a server process, stopped at teardown
-    (SIGCONT first, in case a test left it stopped)."""
-    started: list[ServerProcess] = []
-
-    def launch(name: str, sections: dict[str, dict[str, Any]] | None = None,
-               entries: list[dict[str, Any]] | None = None, wait: bool = True,
-               port: int | None = None) -> ServerProcess:
-        layers = dict(UPSTREAM_SECTIONS if entries is None else FRONT_SECTIONS)
+    def start(self, name: str, sections: dict[str, dict[str, Any]] | None = None,
+              entries: list[dict[str, Any]] | None = None, wait: bool = True,
+              port: int | None = None) -> ServerProcess:
+        layers = {k: dict(v) for k, v in (UPSTREAM_SECTIONS if entries is None
+                                          else FRONT_SECTIONS).items()}
         for section, values in (sections or {}).items():
             layers[section] = {**layers.get(section, {}), **values}
         if entries is not None:
             layers["engines"] = {"remote": entries}
-        server = start_server(tmp_path, name, layers, {API_KEY_ENV: API_KEY}, port)
-        started.append(server)
+        config = write_config(self.folder / f"{name}.toml", merged(layers))
+        server = ServerProcess(config, self.folder / f"{name}.log", env={API_KEY_ENV: API_KEY},
+                               port=port)
+        self.started.append(server)
         return server.wait_ready() if wait else server
 
-    yield launch
-    for server in started:
-        _resume(server)
-        server.stop()
+    def stop_all(self) -> None:
+        for server in self.started:
+            if server.process.poll() is None:
+                os.kill(server.pid, signal.SIGCONT)
+            server.stop()
 
 
-def _resume(server: ServerProcess) -> None:
-    if server.process.poll() is None:
-        os.kill(server.pid, signal.SIGCONT)
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    group = Servers(tmp_path)
+    yield group
+    group.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    group = Servers(tmp_path_factory.mktemp("servers"))
+    yield group
+    group.stop_all()
 
 
 # ---- the fault upstream -----------------------------------------------------------------------
@@ -95,7 +103,7 @@ def speech_seconds(text: str) -> float:
 @dataclass
 class Call:
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: Mapping[str, str]
 
 
 @dataclass
@@ -117,7 +125,9 @@ class FaultUpstream:
     async def start(self) -> FaultUpstream:
         app = web.Application()
         app.router.add_post("/v1/audio/speech", self.speech)
-        self.runner = web.AppRunner(app, access_log=None)
+        # A stalled answer must end when its client leaves, and teardown must not wait.
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                    shutdown_timeout=1.0)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
         return self
@@ -128,7 +138,7 @@ class FaultUpstream:
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.calls.append(Call(body, dict(request.headers)))
+        self.calls.append(Call(body, request.headers.copy()))
         mode = "ok" if len(self.calls) <= self.ok_first else self.mode
         return await ANSWERS[mode](self, body["input"])
 
@@ -172,14 +182,6 @@ ANSWERS: dict[str, Callable[[FaultUpstream, str], Any]] = {
 
 async def _async(response: web.Response) -> web.Response:
     return response
-
-
-@pytest.fixture
-async def fault_upstream(request: pytest.FixtureRequest) -> AsyncIterator[FaultUpstream]:
-    port = getattr(request, "param", None) or free_port()
-    upstream = await FaultUpstream(port).start()
-    yield upstream
-    await upstream.stop()
 
 
 # ---- client helpers ---------------------------------------------------------------------------
