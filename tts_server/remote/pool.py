@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,8 @@ class RemotePool:
         self._request_keys = itertools.count(1)
         self._unit_ids = itertools.count(1)
         self.last_error = ""
+        # Tells this front's calls from another's in the upstream's logs.
+        self._instance = secrets.token_hex(4)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -314,7 +317,7 @@ class RemotePool:
 
     def _request_id(self, call: _Call) -> str:
         """Sent as X-Request-Id: the upstream's access log names the same unit."""
-        return f"{self.name}-{call.request_key}-{call.unit.unit_id}"
+        return f"{self.name}-{self._instance}-{call.request_key}-{call.unit.unit_id}"
 
 
 def _fail(call: _Call, error: Exception) -> None:
