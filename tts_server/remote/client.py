@@ -1,7 +1,7 @@
 """One upstream call, POST {base}/v1/audio/speech, and its answer decoded to canonical PCM.
 
 Every way a call can go wrong ends as an UpstreamError whose `outcome` names it (refused,
-timeout, disconnected, http_5xx, http_4xx, rate_limited, bad_audio); the pool counts
+timeout, disconnected, http_5xx, http_4xx, http_other, rate_limited, bad_audio); the pool counts
 outcomes and the Synthesizer hands the unit to the voice's fallback.
 """
 
@@ -98,7 +98,8 @@ async def _check_status(response: aiohttp.ClientResponse, max_retry_after_s: flo
     if status == 429:
         retry = parse_retry_after(response.headers.get("Retry-After"))
         raise UpstreamError("rate_limited", message, min(retry, max_retry_after_s))
-    raise UpstreamError("http_5xx" if status >= 500 else "http_4xx", message)
+    kind = "http_5xx" if status >= 500 else "http_4xx" if status >= 400 else "http_other"
+    raise UpstreamError(kind, message)
 
 
 def _check_content_type(response: aiohttp.ClientResponse) -> None:

@@ -35,7 +35,7 @@ from tts_server.remote.client import UpstreamError
 LOG = logging.getLogger("tts.remote")
 SPEED_EWMA_ALPHA = 0.1
 OUTCOMES = ("ok", "refused", "timeout", "disconnected", "http_5xx", "http_4xx",
-            "rate_limited", "bad_audio", "too_short", "cancelled", "skipped")
+            "http_other", "rate_limited", "bad_audio", "too_short", "cancelled", "skipped")
 
 
 @dataclass(eq=False)

@@ -116,7 +116,8 @@ async def test_the_wait_estimate_learns_the_upstreams_speed(pair):
     status, _, body = await post(front.url, "/api/tts", {"text": text, "voice": "ada-est"})
     assert status == 503 and b"would_miss_deadline" in body  # 0.4 s/char x 85 chars > 30 s
     for i in range(4):
-        status, _, _ = await post(front.url, "/api/tts", {"text": f"Short {i}.", "voice": "ada-est"})
+        status, _, _ = await post(front.url, "/api/tts",
+                                  {"text": f"Short {i}.", "voice": "ada-est"})
         assert status == 200
     learned = (await remote_pool(front.url, "gpu-est"))["seconds_per_char"]
     assert learned < 0.4 * 0.9 ** 4 + 0.01  # measured calls pulled the estimate down
