@@ -241,6 +241,7 @@ class RemotePool:
         try:
             result = await self._call(call, started)
         except asyncio.CancelledError:
+            _fail(call, PoolClosed("server is shutting down"))  # stop(), not its reader
             self.outcomes["cancelled"] += 1
             LOG.info("remote %s: unit %s cancelled after %.0f ms", self.name,
                      self._request_id(call), (time.monotonic() - started) * 1000)

@@ -116,6 +116,9 @@ class FaultUpstream:
     # Calls answered normally before `mode` applies (a failure in the middle of a request).
     ok_first: int = 0
     calls: list[Call] = field(default_factory=list)
+    # mode "gated": answers wait for this; requests whose client left are counted.
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    abandoned: int = 0
     runner: web.AppRunner | None = None
 
     @property
@@ -159,6 +162,15 @@ async def _truncated(up: FaultUpstream, text: str) -> web.Response:
     return web.Response(body=body, content_type="audio/wav")
 
 
+async def _gated(up: FaultUpstream, text: str) -> web.Response:
+    try:
+        await up.gate.wait()
+    except asyncio.CancelledError:
+        up.abandoned += 1
+        raise
+    return await _ok(up, text)
+
+
 async def _stalled(up: FaultUpstream, text: str) -> web.Response:
     await asyncio.sleep(3600)
     raise AssertionError("unreachable")
@@ -177,6 +189,7 @@ ANSWERS: dict[str, Callable[[FaultUpstream, str], Any]] = {
     "short": lambda up, text: _async(web.Response(body=tone_wav(0.02),
                                                   content_type="audio/wav")),
     "stalled": _stalled,
+    "gated": _gated,
 }
 
 
