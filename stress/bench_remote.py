@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -133,7 +134,8 @@ async def goodput(upstream: ServerProcess, front: ServerProcess, args: argparse.
         family = psutil.Process(upstream.pid).children(recursive=True)
         os.kill(upstream.pid, signal.SIGKILL)
         for child in family:
-            child.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # gone on its own
+                child.kill()
 
     results, _ = await asyncio.gather(
         closed_loop(front.url, "ada", texts, args.goodput_clients, args.goodput_seconds),
