@@ -4,13 +4,15 @@
     GPU box would be) vs the upstream alone, the same texts through POST /v1/audio/speech
     (wav), closed loop at each client count, direct and front rounds interleaved; the ratio
     of requests per second and of median latency, medians over the repeats.
+  - paired: one client, each text to the upstream and then through the front, alternating:
+    the added latency per request, immune to the machine's load drifting between rounds.
   - goodput: clients on the front while the upstream is SIGKILLed mid-run; requests
     answered (and by which engine) before and after, errors, audio seconds per second.
 
 Both run on this machine, so the front's work takes CPU from the upstream's synthesis: the
 ratio is an upper bound of what the front costs next to a real GPU box.
 
-    .venv/bin/python -m stress.bench_remote [--seconds 8] [--repeats 3] [--clients 1,8]
+    .venv/bin/python -m stress.bench_remote [--seconds 8] [--repeats 5] [--clients 1,8]
 """
 
 from __future__ import annotations
@@ -95,9 +97,30 @@ async def closed_loop(url: str, model: str, texts: list[str], clients: int,
     return results
 
 
-def rate_and_p50(results: list[Result], seconds: float) -> tuple[float, float]:
+def rate_and_p50(results: list[Result]) -> tuple[float, float]:
+    """Requests per second over the round's real length (its last answers arrive after the
+    deadline), and the median latency in ms."""
     ok = [r for r in results if r.status == 200]
-    return len(ok) / seconds, percentile_or_nan([r.latency_s * 1000 for r in ok], 50)
+    if not ok:
+        return 0.0, float("nan")
+    elapsed = max(r.started + r.latency_s for r in ok) - min(r.started for r in ok)
+    return len(ok) / elapsed, percentile_or_nan([r.latency_s * 1000 for r in ok], 50)
+
+
+async def paired(upstream: ServerProcess, front: ServerProcess, texts: list[str]
+                 ) -> tuple[float, float]:
+    """One client, each text to the upstream then through the front: the median of the
+    per-pair latency ratio and of the added milliseconds (immune to the machine's load
+    drifting between rounds)."""
+    ratios, added = [], []
+    async with aiohttp.ClientSession() as session:
+        for text in texts:
+            alone = await one(session, upstream.url, "joe", text)
+            fronted = await one(session, front.url, "ada", text)
+            if alone.status == fronted.status == 200:
+                ratios.append(fronted.latency_s / alone.latency_s)
+                added.append((fronted.latency_s - alone.latency_s) * 1000)
+    return statistics.median(ratios), statistics.median(added)
 
 
 async def overhead(upstream: ServerProcess, front: ServerProcess, args: argparse.Namespace
@@ -112,7 +135,7 @@ async def overhead(upstream: ServerProcess, front: ServerProcess, args: argparse
             for url, model, rates, p50s in ((upstream.url, "joe", direct_rates, direct_p50),
                                             (front.url, "ada", front_rates, front_p50)):
                 rate, p50 = rate_and_p50(
-                    await closed_loop(url, model, texts, clients, args.seconds), args.seconds)
+                    await closed_loop(url, model, texts, clients, args.seconds))
                 rates.append(rate)
                 p50s.append(p50)
         ratios = [f / d for f, d in zip(front_rates, direct_rates, strict=True)]
@@ -181,9 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="per round and target")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds per client count")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per client count")
     parser.add_argument("--clients", default="1,8", help="client counts, comma-separated")
     parser.add_argument("--concurrent", type=int, default=8, help="max_concurrent of the entry")
+    parser.add_argument("--pairs", type=int, default=40, help="texts of the paired check")
     parser.add_argument("--goodput-seconds", type=float, default=20.0)
     parser.add_argument("--goodput-clients", type=int, default=8)
     parser.add_argument("--kill-at-s", type=float, default=8.0)
@@ -200,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         upstream, front = start_pair(Path(folder), args.concurrent)
         try:
             print_overhead(asyncio.run(overhead(upstream, front, args)))
+            texts = [news_sentence(random.Random(20_000 + i), f"Pair {i}")
+                     for i in range(args.pairs)]
+            ratio, added_ms = asyncio.run(paired(upstream, front, texts))
+            print(f"paired, 1 client, {args.pairs} texts: front/direct latency {ratio:.3f}, "
+                  f"+{added_ms:.1f} ms per request (medians)")
             results, killed_at = asyncio.run(goodput(upstream, front, args))
             print_goodput(results, killed_at, args)
         finally:

@@ -202,3 +202,23 @@ def test_two_upstreams_never_share_a_cache_key():
         return service.key_for(request)
 
     assert len({key("ada"), key("bea"), key("joe")}) == 3
+
+
+def test_the_ladder_keeps_remote_voices_on_their_upstream_but_an_open_breaker_does_not():
+    from tts_server.resilience.breaker import BreakerPolicy, CircuitBreaker
+    from tts_server.speech.synthesizer import Synthesizer
+
+    found = registry(remote(gender="male", voices={"ada": "alloy"}))
+    breakers = {name: CircuitBreaker(BreakerPolicy(1, 60.0, 60.0)) for name in found.fallbacks}
+    engines = {"gpu": None, "piper": None, "espeak": None}  # route() only asks which exist
+    synthesizer = Synthesizer(engines, found, breakers, 10.0, 1)  # type: ignore[arg-type]
+
+    def routed(voice: str) -> str:
+        request = build_request("Hello there.", found.voices[voice], 1.0, None,
+                                get_format("wav"), False, Settings())
+        return synthesizer.route(request, prefer_fallback=True).voice.name
+
+    assert routed("joe") == "espeak-en-male"  # the ladder relieves the CPU
+    assert routed("ada") == "ada"  # a remote voice costs the CPU nothing
+    breakers["ada"].record_failure()
+    assert routed("ada") == "joe"
