@@ -157,7 +157,7 @@ class RemotePool:
         if len(self._lanes) + len(units) > self.settings.max_queued_units:
             raise PoolBusy(f"the queue of remote engine {self.name} is full")
         loop = asyncio.get_running_loop()
-        calls = [_Call(dataclasses.replace(u, unit_id=next(self._unit_ids)), request_key,
+        calls = [_Call(dataclasses.replace(u, work_id=next(self._unit_ids)), request_key,
                        priority, loop.create_future()) for u in units]
         for call in calls:
             call.future.add_done_callback(lambda _f, c=call: self._on_done(c))
@@ -318,7 +318,7 @@ class RemotePool:
 
     def _request_id(self, call: _Call) -> str:
         """Sent as X-Request-Id: the upstream's access log names the same unit."""
-        return f"{self.name}-{self._instance}-{call.request_key}-{call.unit.unit_id}"
+        return f"{self.name}-{self._instance}-{call.request_key}-{call.unit.work_id}"
 
 
 def _fail(call: _Call, error: Exception) -> None:

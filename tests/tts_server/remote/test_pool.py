@@ -30,7 +30,7 @@ async def started_pool(url: str, **fields: object) -> RemotePool:
 
 
 def units(*texts: str) -> list[protocol.SynthesizeUnit]:
-    return [protocol.SynthesizeUnit(unit_id=0, voice="ada", text=t, speed=1.0) for t in texts]
+    return [protocol.SynthesizeUnit(work_id=0, voice="ada", text=t, speed=1.0) for t in texts]
 
 
 async def until(condition, timeout_s: float = 5.0) -> None:
