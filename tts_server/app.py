@@ -26,6 +26,9 @@ from tts_server.http.middlewares import MIDDLEWARES, add_request_headers
 from tts_server.http.routes import setup_routes
 from tts_server.jobs import setup_jobs
 from tts_server.metrics import LiveState, Metrics, StateCollector
+from tts_server.remote.metrics import RemoteCollector
+from tts_server.remote.pool import RemotePool, build_remote_pools
+from tts_server.remote.voices import remote_voices, with_remote_fallbacks
 from tts_server.resilience.breaker import BreakerPolicy, CircuitBreaker
 from tts_server.resilience.degradation import DegradationLadder, file_cpu_reader, system_cpu_reader
 from tts_server.resilience.state import RunState
@@ -69,9 +72,11 @@ MANDARIN = mandarin.ENGINE_NAME
 INITIAL_SECONDS_PER_CHAR = {"piper": 0.006, "espeak": 0.0002, MANDARIN: 0.004}
 
 
-def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, InferencePool]:
-    """One pool per engine: piper (one process per core), espeak (the fallback) and, when
-    enabled, the Mandarin voice (one process per core, its own slab size)."""
+def build_pools(settings: Settings, registry: VoiceRegistry
+                ) -> dict[str, InferencePool | RemotePool]:
+    """One pool per engine: piper (one process per core), espeak (the fallback), when
+    enabled the Mandarin voice (one process per core, its own slab size), and one per
+    [[engines.remote]] upstream (no processes: HTTP calls from the front)."""
     pool_settings = settings.pool
     sizes = {"piper": pool_settings.worker_count, "espeak": pool_settings.espeak_workers,
              MANDARIN: pool_settings.mandarin_worker_count}
@@ -100,6 +105,7 @@ def build_pools(settings: Settings, registry: VoiceRegistry) -> dict[str, Infere
         slab = pool_settings.mandarin_shm_slab_bytes if engine == MANDARIN else 0
         make_spec = worker_spec_factory(settings, files, solo_threads, max_batch, slab)
         pools[engine] = InferencePool(options, make_spec)
+    pools.update(build_remote_pools(settings.engines.remote))
     return pools
 
 
@@ -284,8 +290,10 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=list(MIDDLEWARES), client_max_size=settings.server.max_body_bytes
     )
     app[keys.SETTINGS] = settings
+    remote = settings.engines.remote
     app[keys.REGISTRY] = VoiceRegistry.from_settings(
-        settings.voices, espeak=settings.pool.espeak_workers > 0
+        with_remote_fallbacks(settings.voices, remote), espeak=settings.pool.espeak_workers > 0,
+        remote=remote_voices(remote),
     )
     app[keys.RUN_STATE] = RunState()
     if settings.server.metrics:
@@ -297,6 +305,7 @@ def create_app(settings: Settings) -> web.Application:
                          gateway=lambda: app.get(keys.GATEWAY),
                          redis=lambda: app.get(keys.REDIS_WATCH))
         app[keys.METRICS].registry.register(StateCollector(live))
+        app[keys.METRICS].registry.register(RemoteCollector(live.pools))
     app.cleanup_ctx.append(encoder_context)
     app.cleanup_ctx.append(pool_context)
     app.cleanup_ctx.append(cache_context)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -607,6 +609,120 @@ class StreamInSettings:
         _require(min(self.send_timeout_s, self.close_timeout_s, self.config_timeout_s,
                      self.idle_timeout_s) > 0, "stream_in timeouts must be > 0")
 
+REMOTE_FORMATS = ("wav", "pcm")
+# Engines of this server's own worker processes: a remote entry may not take their names.
+LOCAL_ENGINES = ("piper", "espeak", "fastspeech2")
+# Fields of the upstream's request body that this server sets itself.
+REMOTE_RESERVED_FIELDS = ("model", "input", "response_format", "speed")
+
+
+@dataclass(frozen=True)
+class RemoteEngineSettings:
+    """One OpenAI-shaped upstream, POST {base_url}/v1/audio/speech (tts_server/remote/), and
+    the voices it speaks; units it fails go to each voice's local fallback."""
+
+    # The engine's name: the pool's, X-Engine's and the voices' "engine" in /api/voices.
+    name: str
+    base_url: str
+    # Our voice name -> the upstream's voice (or reference audio), sent as `voice_field`.
+    voices: Mapping[str, str]
+    model: str = ""
+    voice_field: str = "voice"
+    # Name of the environment variable holding the API key; "" sends no Authorization.
+    api_key_env: str = ""
+    language: str = "en_US"
+    gender: str = ""
+    # Local voice for units the upstream fails; "" = one of the same language and gender.
+    fallback: str = ""
+    response_format: str = "wav"
+    # The voices' rate: raw PCM is read at it, WAV at another rate is resampled to it.
+    sample_rate: int = 22050
+    # Sentence units sent to the upstream at once; more wait in priority lanes.
+    max_concurrent: int = 1
+    max_queued_units: int = 1024
+    connect_timeout_s: float = 2.0
+    # Longest silence while waiting for the answer's bytes, and longest call in all.
+    read_timeout_s: float = 30.0
+    unit_timeout_s: float = 60.0
+    # Idle connections are dropped after this; keep it under the upstream's keep-alive
+    # (uvicorn's default is 5 s), or a reused connection may already be closed.
+    keepalive_s: float = 4.0
+    max_response_bytes: int = 64 * 1024 * 1024
+    # Less audio than this per character (at speed 1.0) is a broken answer.
+    min_audio_s_per_char: float = 0.01
+    # A 429's Retry-After pauses the upstream for at most this long.
+    max_retry_after_s: float = 60.0
+    # Starting point of the wait estimate until calls have been measured.
+    initial_seconds_per_char: float = 0.005
+    # More JSON fields of every request body (e.g. IndexTTS-2's extra_params).
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"engines.remote {self.name!r}"
+        _require(bool(re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", self.name)),
+                 f"engines.remote name {self.name!r} must be 1-32 of a-z, 0-9, _ and -")
+        _require(self.name not in LOCAL_ENGINES, f"{where}: the name of a local engine")
+        _check_base_url(where, self.base_url)
+        _require(bool(self.voices), f"{where}: voices must map at least one voice")
+        for voice, target in self.voices.items():
+            _require(bool(voice) and bool(target), f"{where}: voices.{voice} is empty")
+        _require(self.response_format in REMOTE_FORMATS,
+                 f"{where}: response_format must be one of {REMOTE_FORMATS}")
+        _require(self.gender in ("", "male", "female"), f"{where}: gender must be male or female")
+        _require(bool(re.fullmatch(r"[a-z]{2,3}([_-][A-Za-z0-9]+)*", self.language)),
+                 f"{where}: language must look like en_US, got {self.language!r}")
+        reserved = set(REMOTE_RESERVED_FIELDS) & ({self.voice_field} | set(self.extra))
+        _require(not reserved, f"{where}: {sorted(reserved)} are set by the server")
+        _require(self.voice_field not in self.extra, f"{where}: extra sets voice_field")
+        _require(not self.api_key_env or self.api_key_env in os.environ,
+                 f"{where}: environment variable {self.api_key_env} (api_key_env) is not set")
+        self._check_limits(where)
+
+    def _check_limits(self, where: str) -> None:
+        _require(8000 <= self.sample_rate <= 192000, f"{where}: sample_rate must be 8000..192000")
+        _require(1 <= self.max_concurrent <= 256, f"{where}: max_concurrent must be 1..256")
+        _require(self.max_queued_units >= 1, f"{where}: max_queued_units must be >= 1")
+        for name in ("connect_timeout_s", "read_timeout_s", "unit_timeout_s", "keepalive_s",
+                     "initial_seconds_per_char"):
+            _require(getattr(self, name) > 0, f"{where}: {name} must be > 0")
+        _require(self.max_response_bytes >= 1024, f"{where}: max_response_bytes must be >= 1024")
+        _require(self.min_audio_s_per_char >= 0, f"{where}: min_audio_s_per_char must be >= 0")
+        _require(self.max_retry_after_s >= 0, f"{where}: max_retry_after_s must be >= 0")
+
+    @property
+    def api_key(self) -> str:
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+    @property
+    def speech_url(self) -> str:
+        return self.base_url.rstrip("/") + "/v1/audio/speech"
+
+
+def _check_base_url(where: str, url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    _require(ok and not parts.query and not parts.fragment,
+             f"{where}: base_url must be http(s)://host[:port][/path], got {url!r}")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ConfigError(f"{where}: base_url has a bad port: {url!r}") from None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engines beyond the local pools: [[engines.remote]] entries (one upstream each)."""
+
+    remote: tuple[RemoteEngineSettings, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [entry.name for entry in self.remote]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        _require(not twice, f"engines.remote: name(s) {twice} used twice")
+        voices = [voice for entry in self.remote for voice in entry.voices]
+        twice = sorted({v for v in voices if voices.count(v) > 1})
+        _require(not twice, f"engines.remote: voice(s) {twice} defined twice")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -625,6 +741,8 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     wyoming: WyomingSettings = field(default_factory=WyomingSettings)
     stream_in: StreamInSettings = field(default_factory=StreamInSettings)
+
+    engines: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
         guarded = self.auth.allow_anonymous or self.auth.has_tokens
@@ -699,6 +817,9 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     _require(not unknown, f"unknown setting(s) in [{section}]: {', '.join(unknown)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _require(not missing, f"[{section}] needs {', '.join(missing)}")
     kwargs = {k: coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
 

@@ -44,6 +44,12 @@ UnitObserver = Callable[[str, float, float, int, int, int], None]
 class EngineFailure(Exception):
     """The engine, not the request, is at fault: the fallback engine gets the unit."""
 
+    def __init__(self, message: str, counts: bool = True) -> None:
+        super().__init__(message)
+        # False: the engine never tried the unit (a remote pool skipped it), so the breaker
+        # does not count it.
+        self.counts = counts
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -103,6 +109,9 @@ class Synthesizer:
         if fallback is None or fallback.engine not in self.pools:
             return request
         breaker = self.breakers.get(request.voice.name)
+        # The ladder relieves this machine's CPU: a remote voice costs it nothing, its
+        # local fallback would.
+        prefer_fallback = prefer_fallback and not request.voice.remote
         if prefer_fallback or (breaker is not None and not breaker.allow()):
             return dataclasses.replace(request, voice=fallback)
         return request
@@ -153,8 +162,8 @@ class Synthesizer:
                     result = await self._wait(futures[index], deadline)
                     if breaker is not None:
                         breaker.record_success()
-                except EngineFailure:
-                    if breaker is not None:
+                except EngineFailure as exc:
+                    if breaker is not None and exc.counts:
                         breaker.record_failure()
                     result, engine = await self._fallback(request, text, deadline, priority)
                     trace.degraded = True
@@ -206,7 +215,7 @@ class Synthesizer:
                 raise Unprocessable(str(exc), code=exc.code) from None
             raise EngineFailure(str(exc)) from None
         except (WorkerCrashed, PoolUnavailable, PoolError) as exc:
-            raise EngineFailure(str(exc)) from None
+            raise EngineFailure(str(exc), getattr(exc, "attempted", True)) from None
 
     def snapshot(self) -> dict[str, object]:
         return {name: breaker.snapshot() for name, breaker in self.breakers.items()}

