@@ -315,6 +315,11 @@ def paths(app: web.Application) -> dict[str, Schema]:
         "/api/voices": simple_get("listVoices", "Voices and aliases", "Voices"),
         "/api/cache/stats": simple_get("cacheStats", "Cache counters", "CacheStats"),
         "/v1/audio/speech": {"post": speech_operation(settings)},
+        "/v1/audio/speech/stream": {"get": operation(
+            "speechStreamIn", "Text in, audio out, over a WebSocket (README: Streaming text in)",
+            {"101": ok("Switching to the WebSocket protocol"),
+             **error_responses((400, *GATEWAY))},
+            **{"x-error-cases": [{"status": 400, "code": "websocket_required"}]})},
         "/v1/models": simple_get("listModels", "OpenAI model names", "Models"),
         "/v1/audio/voices": simple_get("listOpenAIVoices", "Voices for /v1", "OpenAIVoices"),
         "/healthz": simple_get("healthz", "The process is up", "Health", (401, 403)),
