@@ -56,6 +56,13 @@ BENCH_ENV = {
     "TTS_VOICES__ACCEPT_NONCOMMERCIAL": "true",
 }
 SEED_TOKEN = "test-token"
+# Capacity runs: nothing cached, and no deadline admission or request timeout (a refused
+# or timed-out request would end a closed-loop client's wait early and count as nothing).
+CAPACITY_ENV = {
+    "TTS_CACHE__ENABLED": "false",
+    "TTS_LIMITS__TIERS": "{anonymous = {deadline_s = 3600.0}}",
+    "TTS_SERVER__REQUEST_TIMEOUT_S": "3600.0",
+}
 MAX_UNIT_CHARS = 400  # text.max_chunk_chars: the server's units, rebuilt for the raw runs
 
 
@@ -257,8 +264,9 @@ async def closed_loop(url: str, texts: list[str], concurrency: int) -> LevelResu
         started = time.monotonic()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         wall = time.monotonic() - started
-    if engines != {"fastspeech2"}:
-        raise RuntimeError(f"answered by {engines}: the benchmark measures fastspeech2 only")
+    if engines != {"fastspeech2"} or errors:
+        raise RuntimeError(f"{errors} errors, answered by {engines}: the benchmark measures "
+                           "fastspeech2 without refusals")
     return LevelResult(concurrency, len(texts), errors, audio_bytes / 2 / SAMPLE_RATE / wall,
                        percentile(latencies, 50), percentile(latencies, 95))
 
@@ -355,7 +363,7 @@ def report_throughput(rows: list[dict], ttfa: dict[str, float], workers: int) ->
 
 
 async def _throughput(args: argparse.Namespace, levels: list[int]) -> tuple[list, dict]:
-    server, port = start_server({"TTS_CACHE__ENABLED": "false"}, args.workers)
+    server, port = start_server(CAPACITY_ENV, args.workers)
     url = f"http://127.0.0.1:{port}/api/tts"
     try:
         await closed_loop(url, ["预热连接。"], 1)
@@ -444,13 +452,23 @@ async def _mixed_load(pools, seconds: float, clients: int, seed: int,
                 audio[name] += len(result.pcm) / 2 / result.sample_rate
             latency[name].append((time.monotonic() - started) * 1000)
 
+    cpu_before = _worker_cpu_s(pools)
     started = time.monotonic()
     await asyncio.gather(*(client(kinds[i % len(kinds)]) for i in range(clients)))
     wall = time.monotonic() - started
-    return {name: {"audio_s_per_s": round(audio[name] / wall, 2),
-                   "p50_ms": round(percentile(latency[name], 50)),
-                   "p95_ms": round(percentile(latency[name], 95))}
-            for name in audio if latency[name]}
+    out: dict[str, dict[str, float]] = {
+        name: {"audio_s": round(audio[name], 2), "audio_s_per_s": round(audio[name] / wall, 2),
+               "p50_ms": round(percentile(latency[name], 50)),
+               "p95_ms": round(percentile(latency[name], 95))}
+        for name in audio if latency[name]}
+    out["cpu"] = {"worker_cpu_s": round(_worker_cpu_s(pools) - cpu_before, 2)}
+    return out
+
+
+def _worker_cpu_s(pools) -> float:
+    """CPU seconds of every worker process so far (each reports it with every unit)."""
+    unique = {id(p): p for p in pools.values()}.values()
+    return sum(w["cpu_seconds"] for pool in unique for w in pool.worker_states())
 
 
 def models_voice_name() -> str:
@@ -460,23 +478,32 @@ def models_voice_name() -> str:
 
 
 async def _measure_layout(shared: bool, args: argparse.Namespace) -> dict[str, object]:
-    """Each engine alone (its capacity in this layout), then the mixed load; efficiency
-    = the sum over engines of mixed rate / alone rate (1.0: mixing costs nothing)."""
+    """Each engine alone, then the mixed load. efficiency: the sum over engines of mixed
+    rate / alone rate (1.0: mixing costs nothing; on a machine shared with other work it
+    favours more processes, which get more of the CPU). cpu_efficiency: the worker CPU
+    the mixed audio would cost at each engine's audio per CPU-second alone, over the CPU
+    it did cost (independent of how much CPU the machine gave us)."""
     pools = await _start_layout(shared, args.workers)
     try:
         await _mixed_load(pools, 5, 4, args.seed)  # warm: every model has run in every worker
         alone = {}
         for kind in ("en", "zh"):
-            alone.update(await _mixed_load(pools, args.seconds / 2, args.clients,
-                                           args.seed + 2, (kind,)))
+            run = await _mixed_load(pools, args.seconds / 2, args.clients, args.seed + 2,
+                                    (kind,))
+            cpu = run.pop("cpu")["worker_cpu_s"]
+            for name, row in run.items():
+                alone[name] = {**row, "audio_per_cpu_s": round(row["audio_s"] / cpu, 2)}
         mixed = await _mixed_load(pools, args.seconds, args.clients, args.seed + 1)
         memory = _memory(pools)
     finally:
         await asyncio.gather(*(p.stop() for p in {id(p): p for p in pools.values()}.values()))
-    efficiency = sum(mixed[name]["audio_s_per_s"] / alone[name]["audio_s_per_s"]
-                     for name in mixed)
+    names = [name for name in mixed if name != "cpu"]
+    efficiency = sum(mixed[n]["audio_s_per_s"] / alone[n]["audio_s_per_s"] for n in names)
+    expected_cpu = sum(mixed[n]["audio_s"] / alone[n]["audio_per_cpu_s"] for n in names)
     return {"layout": "shared" if shared else "own pool", "alone": alone, "mixed": mixed,
-            "efficiency": round(efficiency, 3), "pss_mib_per_worker": memory}
+            "efficiency": round(efficiency, 3),
+            "cpu_efficiency": round(expected_cpu / mixed["cpu"]["worker_cpu_s"], 3),
+            "pss_mib_per_worker": memory}
 
 
 def run_layout(args: argparse.Namespace) -> dict[str, object]:
@@ -489,9 +516,11 @@ def run_layout(args: argparse.Namespace) -> dict[str, object]:
     for layout in ("shared", "own pool"):
         runs = [r for r in results if r["layout"] == layout]
         efficiency = [r["efficiency"] for r in runs]
+        cpu_efficiency = [r["cpu_efficiency"] for r in runs]
         en_p95 = [r["mixed"]["joe"]["p95_ms"] for r in runs]
         print(f"{layout}: mixed-load efficiency median {statistics.median(efficiency):.3f}"
-              f" over {efficiency}; English p95 under mixed load {en_p95} ms;"
+              f" over {efficiency}; per CPU-second {statistics.median(cpu_efficiency):.3f}"
+              f" over {cpu_efficiency}; English p95 under mixed load {en_p95} ms;"
               f" PSS per worker {runs[-1]['pss_mib_per_worker']} MiB")
     return {"layout": results}
 

@@ -320,7 +320,9 @@ async def test_connections_over_the_limit_are_refused_with_an_error(server):
     clients = [connect(server) for _ in range(6)]
     for client in clients:
         await client.connect()
-    await asyncio.sleep(0.2)
+        await client.write_event(Event("ping", {"text": "seat"}))
+        pong = await asyncio.wait_for(client.read_event(), TIMEOUT_S)  # it holds a seat
+        assert pong.type == "pong" and pong.data["text"] == "seat"
     try:
         async with connect(server) as extra:
             reply = await read_until(extra, "never")
