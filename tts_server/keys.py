@@ -14,6 +14,7 @@ from tts_server.gateway import Gateway
 from tts_server.gateway.auth import Identity
 from tts_server.gateway.ratelimit import Decision
 from tts_server.metrics import Metrics
+from tts_server.remote.pool import RemotePool
 from tts_server.resilience.state import RunState
 from tts_server.speech.service import SpeechService
 from tts_server.speech.synthesizer import SynthesisTrace, Synthesizer
@@ -21,8 +22,9 @@ from tts_server.speech.voices import VoiceRegistry
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", VoiceRegistry)
-# One inference pool per engine: "piper", "espeak".
-POOLS = web.AppKey("pools", dict[str, InferencePool])
+# One pool per engine: "piper", "espeak", "fastspeech2" (worker processes), and one
+# RemotePool per [[engines.remote]] upstream.
+POOLS = web.AppKey("pools", dict[str, InferencePool | RemotePool])
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)
 RUN_STATE = web.AppKey("run_state", RunState)
 SPEECH = web.AppKey("speech", SpeechService)
