@@ -75,6 +75,40 @@ class UnitResult:
     batch_size: int = 1
 
 
+def sweep_stale_slabs(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink the slabs of fronts that no longer run. A front killed together with its
+    resource tracker (SIGKILL to the whole process group) leaves its slabs behind; its pid
+    is in their names (protocol.slab_name), so the next start can tell they are orphans."""
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        pid = protocol.slab_front_pid(name)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            removed.append(name)
+        except OSError:
+            pass
+    if removed:
+        LOG.warning("removed %d shared-memory slabs of fronts that died: %s", len(removed),
+                    ", ".join(sorted(removed)[:6]))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
 class InferencePool:
     def __init__(self, options: PoolOptions, make_spec: Callable[[int, str], protocol.WorkerSpec]):
         self.options = options
@@ -100,6 +134,7 @@ class InferencePool:
     async def start(self) -> None:
         """Create the slabs, spawn every worker and wait until all are ready (or one fails)."""
         front_pid = os.getpid()
+        sweep_stale_slabs()
         for index in range(self.options.workers):
             name = protocol.slab_name(front_pid, self.options.name, index)
             spec = self._make_spec(index, name)

@@ -33,6 +33,14 @@ def slab_name(front_pid: int, pool_name: str, worker_index: int) -> str:
     return f"{SHM_NAME_PREFIX}{front_pid}-{pool_name}-w{worker_index}"
 
 
+def slab_front_pid(name: str) -> int | None:
+    """The front pid in a slab_name(), or None for any other name."""
+    if not name.startswith(SHM_NAME_PREFIX):
+        return None
+    pid, _, rest = name[len(SHM_NAME_PREFIX):].partition("-")
+    return int(pid) if pid.isdigit() and rest.rpartition("-w")[2].isdigit() else None
+
+
 @dataclass(frozen=True)
 class VoiceFiles:
     """Where one voice lives on disk; names are registry keys, never paths from clients."""

@@ -1,6 +1,7 @@
 import asyncio
 import os
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -140,3 +141,17 @@ def test_a_worker_that_dies_before_ready_backs_off_harder():
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0] and delays[-1] == MAX_RESTART_BACKOFF_S
     slot.was_ready = True
     assert slot.next_backoff(0.5) == 0.5
+
+
+def test_slabs_of_dead_fronts_are_swept_and_live_ones_kept(tmp_path):
+    from inference.pool import sweep_stale_slabs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    names = [protocol.slab_name(dead.pid, "piper", 0), protocol.slab_name(dead.pid, "espeak", 0),
+             protocol.slab_name(os.getppid(), "piper", 0), "tts-redis-1-x", "other"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = sweep_stale_slabs(str(tmp_path))
+    assert sorted(removed) == sorted(names[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
