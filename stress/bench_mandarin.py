@@ -1,6 +1,7 @@
 """The neural Mandarin voice (zh-baker-female) measured through the server and raw.
 
     .venv/bin/python -m stress.bench_mandarin throughput [--levels 1,4,16,64] [--scale 1]
+    .venv/bin/python -m stress.bench_mandarin ttfa
     .venv/bin/python -m stress.bench_mandarin layout [--seconds 40]
     .venv/bin/python -m stress.bench_mandarin seed [--users 50,200,500] [--seconds 40]
 
@@ -384,6 +385,27 @@ def run_throughput(args: argparse.Namespace) -> dict[str, object]:
     return {"levels": rows, "ttfa": ttfa}
 
 
+async def _ttfa_only(args: argparse.Namespace) -> dict[str, float]:
+    server, port = start_server(CAPACITY_ENV, args.workers)
+    url = f"http://127.0.0.1:{port}/api/tts"
+    try:
+        await closed_loop(url, ["预热连接。"], 1)
+        return await measure_ttfa(args, url)
+    finally:
+        stop_process(server)
+
+
+def run_ttfa(args: argparse.Namespace) -> dict[str, object]:
+    """Only the time to first audio (a minute): for a quiet moment on a busy machine."""
+    ttfa = asyncio.run(_ttfa_only(args))
+    chunk = min(ttfa["raw_first_chunk_ms_1thread"], ttfa["raw_first_chunk_ms_all"])
+    sentence = min(ttfa["raw_first_sentence_ms_1thread"], ttfa["raw_first_sentence_ms_all"])
+    print(f"time to first audio: {ttfa['ttfa_ms']:.0f} ms = {ttfa['ttfa_ms'] / chunk:.2f} x raw"
+          f" first chunk ({chunk:.0f} ms) = {ttfa['ttfa_ms'] / sentence:.2f} x raw first"
+          f" sentence ({sentence:.0f} ms); {json.dumps(ttfa)}")
+    return {"ttfa": ttfa}
+
+
 # ---- layout: one pool holding both models, or a pool per engine -------------------------------
 
 
@@ -648,7 +670,7 @@ def run_seed(args: argparse.Namespace) -> dict[str, object]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["throughput", "layout", "seed"])
+    parser.add_argument("part", choices=["throughput", "ttfa", "layout", "seed"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="server workers and raw processes (default: CPU count)")
     parser.add_argument("--levels", default="1,4,16,64", help="throughput: client levels")
@@ -670,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the servers this started are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    run = {"throughput": run_throughput, "layout": run_layout, "seed": run_seed}[args.part]
+    run = {"throughput": run_throughput, "ttfa": run_ttfa, "layout": run_layout,
+           "seed": run_seed}[args.part]
     result = run(args)
     print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
     if args.json:
