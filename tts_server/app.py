@@ -85,9 +85,11 @@ def build_pools(settings: Settings, registry: VoiceRegistry
         files = registry.files_for(engine)
         if not files or workers < 1:
             continue
-        # Both neural engines get the wide second session (pool.solo_threads): a request
-        # alone in its pool runs on every core. espeak-ng is ~1000x real time without it.
-        solo_threads = pool_settings.solo_thread_count if engine != "espeak" else 1
+        # Piper's lone request runs on a wide second session (pool.solo_threads). The
+        # Mandarin models gain nothing from a second intra-op thread on an idle machine
+        # (measured: 1 process x 2 threads 42 audio-s/s, 2 processes x 1 thread 91), so
+        # its units always fan out over the workers instead.
+        solo_threads = pool_settings.solo_thread_count if engine == "piper" else 1
         options = PoolOptions(
             workers=workers,
             name=engine,
