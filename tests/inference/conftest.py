@@ -58,8 +58,9 @@ async def make_pool() -> AsyncIterator[Callable[..., object]]:
 
 @pytest.fixture(scope="session")
 def mandarin_model():
-    """The built Mandarin voice (data/models, the default voices.models_dir), built here when the build
-    venv exists; skipped with the reason otherwise (run.sh test runs the ensure step first)."""
+    """The built Mandarin voice (data/models, the default voices.models_dir), built here
+    when the build venv exists; skipped with the reason otherwise (run.sh test runs the
+    ensure step first)."""
     from inference.mandarin import ensure, models
 
     built, reason = models.find_built()

@@ -190,11 +190,33 @@ def await_json_code(body: bytes) -> str:
     return json.loads(body)["error"]["code"]
 
 
+async def measured_capacity(url: str, secret: str, seconds: float = 4.0) -> float:
+    """Unique one-sentence requests per second that 8 closed-loop clients get answered."""
+    done = 0
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+
+        async def client(lane: int) -> None:
+            nonlocal done
+            count = 0
+            while time.monotonic() < deadline:
+                count += 1
+                text = f"Calibration {lane} {count} asks for a sentence of ordinary length."
+                status, _, _ = await timed_post(session, url, text, secret)
+                done += status == 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(client(i) for i in range(8)))
+    return max(done / (time.monotonic() - started), 1.0)
+
+
 async def test_open_loop_overload_keeps_vip_on_time_and_sheds_standard_fast(running_server):
     """3x capacity for 30 s: vip within its deadline, standard audio or a fast 503,
     and every accepted request completes."""
     server = running_server(overload_config(deadline_vip=10.0, deadline_std=4.0))
-    capacity_per_s = 5.0  # about 5 one-sentence requests a second on two cores
+    # This machine's capacity, measured (it was about 5 a second on the first round's
+    # machine; an idle faster one served 3x that without queueing at all).
+    capacity_per_s = await measured_capacity(server.url, VIP_SECRET)
     rate, duration = 3 * capacity_per_s, 30.0
     tasks = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -230,10 +252,13 @@ async def test_client_disconnect_drops_its_queued_work(running_server):
             session.post(f"{server.url}/api/tts", json={"text": paragraph})
         )
         await asyncio.sleep(0.5)
+        at_hang_up = (await readyz(server.url))["pools"]["piper"]["units_completed"]
         request.cancel()  # the client hangs up
     await asyncio.sleep(3.0)
-    done = (await readyz(server.url))["pools"]["piper"]["units_completed"] - before
-    assert done < 6  # of 20 units, only those already running or about to
+    after = (await readyz(server.url))["pools"]["piper"]["units_completed"]
+    # Of 20 units, only those already running or about to when the client left; how many
+    # ran before that depends on the machine's speed, not on the server.
+    assert after - at_hang_up <= 2 and after - before < 20
     assert (await readyz(server.url))["pools"]["piper"]["queued_units"] == 0
 
 
