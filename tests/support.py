@@ -102,3 +102,16 @@ async def post_tts(url: str, body: Any, **kwargs: Any) -> tuple[int, Any, bytes]
 
     async with aiohttp.ClientSession() as session:
         return await Client.at(session, url).post_tts(body, **kwargs)
+
+
+def started_server(folder: Path, overrides: dict[str, dict[str, Any]] | None = None
+                   ) -> ServerProcess:
+    """A ready server on config.toml + the test sections + `overrides`, logging into
+    `folder`; stopped by the caller (module-scoped fixtures)."""
+    server = ServerProcess(write_config(folder / "config.toml", merged(overrides)),
+                           folder / "server.log")
+    try:
+        return server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise

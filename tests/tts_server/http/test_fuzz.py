@@ -18,7 +18,7 @@ import pytest
 import schemathesis
 from schemathesis.generation import GenerationMode
 
-from tests.support import ServerProcess, merged, write_config
+from tests.support import ServerProcess, started_server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
 STEPS = int(os.environ.get("FUZZ_STEPS", "4"))
@@ -54,13 +54,9 @@ def no_server_error_but_explicit_refusals(ctx: Any, response: Any, case: Any) ->
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("fuzz")
-    process = ServerProcess(write_config(folder / "config.toml", merged(OVERRIDES)),
-                            folder / "server.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
+    process = started_server(folder, OVERRIDES)
+    yield process
+    process.stop()
     log = (folder / "server.log").read_text(errors="replace")
     assert "Traceback" not in log, "the server logged an unhandled error"
 

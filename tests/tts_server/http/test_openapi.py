@@ -12,7 +12,7 @@ import aiohttp
 import jsonschema_rs
 import pytest
 
-from tests.support import ServerProcess, merged, write_config
+from tests.support import ServerProcess, started_server
 from tts_server.app import create_app
 from tts_server.config import Settings
 from tts_server.encoding.formats import OPENAI_FORMATS
@@ -26,14 +26,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("openapi")
-    process = ServerProcess(write_config(folder / "config.toml", merged(OVERRIDES)),
-                            folder / "server.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
+    process = started_server(tmp_path_factory.mktemp("openapi"), OVERRIDES)
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="module")
