@@ -37,6 +37,7 @@ class WordTiming(NamedTuple):
 # ---- words of the text ----------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\S+")
+_DOTTED = re.compile(r"[^\W\d]\.[^\W\d]")
 
 
 def _is_punctuation(ch: str) -> bool:
@@ -72,7 +73,7 @@ def word_tokens(text: str) -> list[tuple[int, int]]:
             start += 1
         while end > start and _is_punctuation(text[end - 1]):
             end -= 1
-        if text[end:end + 1] == "." and "." in text[start:end]:
+        if text[end:end + 1] == "." and _DOTTED.search(text, start, end):
             end += 1  # an abbreviation's last dot: "e.g.", "U.S.A."
         if start < end:
             found.append((start, end))

@@ -325,8 +325,8 @@ class JobRunner:
         stream = self.synthesizer.stream(batch, SynthesisTrace(), JOB_PRIORITY)
         async with contextlib.aclosing(stream) as pcm_chunks:  # type: ignore[type-var]
             position = 0
-            async for pcm in pcm_chunks:
-                lease = await self.store.store_unit(claim, indices[position], pcm)
+            async for unit in pcm_chunks:
+                lease = await self.store.store_unit(claim, indices[position], unit.pcm)
                 position += 1
                 if lease is not Lease.OK:
                     return lease
