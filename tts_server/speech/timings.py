@@ -33,6 +33,7 @@ CAPTION_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
 CUE_MAX_CHARS = 84
 CUE_MAX_S = 6.0
 _CUE_END = re.compile(r"[.!?…。！？；;]\W*$")
+_CLAUSE_END = re.compile(r"[,:，、：—]\W*$")
 
 
 # ---- the client's text ----------------------------------------------------------------------
@@ -77,6 +78,14 @@ class SourceMap:
         text = text.sub(WHITESPACE_RUN, " ").sub(_LINE_EDGE_SPACE, "\n").strip()
         self.normalized = text.text
         self._tracked = text
+
+    @classmethod
+    def of_normalized(cls, text: str) -> SourceMap:
+        """A map of a text that is its own source (a job's joined sentences)."""
+        found = cls.__new__(cls)
+        found.source = found.normalized = text
+        found._tracked = Tracked.source(text, track=True)
+        return found
 
     def span(self, start: int, end: int) -> Span:
         """The source span of normalized characters [start, end)."""
@@ -158,27 +167,43 @@ class Cue:
 
 
 def cues(words: Sequence[PublicWord], source: str) -> list[Cue]:
-    """Caption cues: runs of words cut at sentence ends or at CUE_MAX_CHARS / CUE_MAX_S;
-    a cue's text is the client's own, punctuation included, lines folded."""
+    """Caption cues: runs of words cut at sentence ends, and before CUE_MAX_CHARS or
+    CUE_MAX_S at the last clause mark (a comma) if the run has one; a cue's text is the
+    client's own, punctuation included, lines folded."""
     found: list[Cue] = []
     group: list[PublicWord] = []
 
-    def close() -> None:
-        if group:
-            end = _text_end(source, group[-1].end_char)
-            text = " ".join(source[group[0].start_char:end].split())
-            found.append(Cue(group[0].start_s, max(group[-1].end_s, group[0].start_s), text))
-            group.clear()
+    def emit(run: list[PublicWord]) -> None:
+        end = _text_end(source, run[-1].end_char)
+        text = " ".join(source[run[0].start_char:end].split())
+        found.append(Cue(run[0].start_s, max(run[-1].end_s, run[0].start_s), text))
 
     for word in words:
         if group and (word.end_char - group[0].start_char > CUE_MAX_CHARS
                       or word.end_s - group[0].start_s > CUE_MAX_S):
-            close()
+            cut = _last_clause_end(group, source)
+            emit(group[:cut])
+            group = group[cut:]
         group.append(word)
-        if _CUE_END.search(source[word.start_char:_text_end(source, word.end_char)]):
-            close()
-    close()
+        if _CUE_END.search(_trailing(source, word)):
+            emit(group)
+            group = []
+    if group:
+        emit(group)
     return found
+
+
+def _trailing(source: str, word: PublicWord) -> str:
+    return source[word.start_char:_text_end(source, word.end_char)]
+
+
+def _last_clause_end(group: list[PublicWord], source: str) -> int:
+    """How many words of the group go into the cue: through the last one followed by a
+    clause mark, else all of them."""
+    for index in range(len(group) - 1, 0, -1):
+        if _CLAUSE_END.search(_trailing(source, group[index - 1])):
+            return index
+    return len(group)
 
 
 def _text_end(source: str, end: int) -> int:
