@@ -171,6 +171,7 @@ def test_seeking_and_pausing_keep_the_highlight_on_the_spoken_word(shared_server
     second = next(i for i, w in enumerate(words) if w["text"] == "second")
     page.evaluate(SEEK, words[second]["start_s"])
     page.evaluate("() => document.getElementById('player').play()")
+    expect(page.locator("#result")).to_have_attribute("data-playback", "playing")
     seen = []
     while page.get_attribute("#result", "data-playback") == "playing":
         seen.append(page.evaluate(HIGHLIGHT))
