@@ -988,7 +988,6 @@ function renderTranscript(view) {
     nodes.push(text);
   }
   els.resultText.replaceChildren(...nodes);
-  els.resultText.classList.toggle("timed", words.length > 0);
   highlight.bind(words, spans);
 }
 
