@@ -309,3 +309,36 @@ def test_a_server_answer_without_timings_still_plays(shared_server, open_page):
         expect(page.locator("#subtitles")).to_be_disabled()
     expect(page.locator("#history li")).to_have_count(2)
     session.assert_clean()
+
+
+def test_timing_helpers_in_the_browser(shared_server, open_page):
+    """The page's own helpers: NDJSON lines cut anywhere (inside a line, inside a UTF-8
+    character) parse whole; [start_s, end_s) picks the word; code points map to UTF-16."""
+    session = open_page(shared_server.url)
+    result = session.page.evaluate(
+        """async () => {
+        const { ndjsonEvents, utf16Offsets, wordPosition } = await import("/static/audio.js");
+        const lines = '{"type":"words","words":[{"text":"𠀀字"}]}\\n{"type":"done"}\\n';
+        const bytes = new TextEncoder().encode(lines);
+        const cuts = [0, 1, 27, 35, 36, 38, 45, bytes.length]; // 34-37: 𠀀
+        let next = 1;
+        const reader = { read: async () => next < cuts.length
+            ? { done: false, value: bytes.slice(cuts[next - 1], cuts[next++]) }
+            : { done: true, value: undefined } };
+        const events = [];
+        for await (const event of ndjsonEvents(reader)) events.push(event);
+        const words = [{ start_s: 0.1, end_s: 0.3 }, { start_s: 0.3, end_s: 0.5 },
+                       { start_s: 0.6, end_s: 0.9 }];
+        const at = [0, 0.1, 0.299, 0.3, 0.55, 0.6, 0.9, 5].map((t) => wordPosition(words, t));
+        return { events, at, offsets: utf16Offsets("a🎉b𠀀") };
+    }"""
+    )
+    assert result["events"] == [
+        {"type": "words", "words": [{"text": "𠀀字"}]},
+        {"type": "done"},
+    ]
+    assert [(p["current"], p["spoken"]) for p in result["at"]] == [
+        (-1, 0), (0, 0), (0, 0), (1, 1), (-1, 2), (2, 2), (-1, 3), (-1, 3),
+    ]
+    assert result["offsets"] == [0, 1, 3, 4, 6]
+    session.assert_clean()
