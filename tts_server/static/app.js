@@ -969,7 +969,8 @@ function renderTranscript(view) {
   if (words.length > 0) {
     const offsets = utf16Offsets(text);
     const last = offsets.length - 1;
-    const byPlace = words.map((_, i) => i).sort((a, b) => words[a].start_char - words[b].start_char);
+    const byPlace = words.map((_, i) => i);
+    byPlace.sort((a, b) => words[a].start_char - words[b].start_char);
     let at = 0;
     for (const index of byPlace) {
       const start = offsets[Math.min(words[index].start_char, last)];

@@ -311,12 +311,11 @@ export function captionCues(text, words) {
     group = [];
   };
   for (const word of words) {
-    if (
+    const full =
       group.length > 0 &&
-      (word.end_char - group[0].start_char > CUE_MAX_CHARS || word.end_s - group[0].start_s > CUE_MAX_S)
-    ) {
-      close();
-    }
+      (word.end_char - group[0].start_char > CUE_MAX_CHARS ||
+        word.end_s - group[0].start_s > CUE_MAX_S);
+    if (full) close();
     group.push(word);
     if (CUE_END.test(slice(word.start_char, textEnd(word.end_char)))) close();
   }
