@@ -279,47 +279,62 @@ export function wordPosition(words, time) {
   return { current: -1, spoken: low };
 }
 
-// A cue ends at a sentence end, or once it holds this much text or time (as the server's
-// own captions: tts_server/speech/timings.py).
+// Cues as the server's own captions make them (tts_server/speech/timings.py): a cue ends at
+// a sentence end; a run that would pass this much text or time is cut after its last clause
+// mark (a comma), if it has one, else where it is.
 const CUE_MAX_CHARS = 84;
 const CUE_MAX_S = 6.0;
 const CUE_END = /[.!?…。！？；;][^\p{L}\p{N}_]*$/u;
+const CLAUSE_END = /[,:，、：—][^\p{L}\p{N}_]*$/u;
 const PUNCTUATION = /^\p{P}$/u;
 
 /** Caption cues {start_s, end_s, text}: runs of words in the typed text's own words,
  * punctuation included, lines folded. */
 export function captionCues(text, words) {
   const chars = Array.from(text);
-  const slice = (start, end) => chars.slice(start, end).join("");
   const textEnd = (end) => {
     let at = end;
     while (at < chars.length && PUNCTUATION.test(chars[at])) at += 1;
     return at;
   };
+  // The word with the punctuation right after it ("world!", "好。").
+  const trailing = (word) => chars.slice(word.start_char, textEnd(word.end_char)).join("");
   const cues = [];
-  let group = [];
-  const close = () => {
-    if (group.length === 0) return;
-    const first = group[0];
-    const last = group[group.length - 1];
-    const cueText = slice(first.start_char, textEnd(last.end_char)).split(/\s+/).filter(Boolean);
+  const emit = (run) => {
+    const first = run[0];
+    const last = run[run.length - 1];
+    const cueText = chars.slice(first.start_char, textEnd(last.end_char)).join("");
     cues.push({
       start_s: first.start_s,
       end_s: Math.max(last.end_s, first.start_s),
-      text: cueText.join(" "),
+      text: cueText.split(/\s+/).filter(Boolean).join(" "),
     });
-    group = [];
   };
+  // How many words of the run go into a cut cue: through the last one before a clause mark.
+  const lastClauseEnd = (run) => {
+    for (let index = run.length - 1; index > 0; index -= 1) {
+      if (CLAUSE_END.test(trailing(run[index - 1]))) return index;
+    }
+    return run.length;
+  };
+  let group = [];
   for (const word of words) {
     const full =
       group.length > 0 &&
       (word.end_char - group[0].start_char > CUE_MAX_CHARS ||
         word.end_s - group[0].start_s > CUE_MAX_S);
-    if (full) close();
+    if (full) {
+      const cut = lastClauseEnd(group);
+      emit(group.slice(0, cut));
+      group = group.slice(cut);
+    }
     group.push(word);
-    if (CUE_END.test(slice(word.start_char, textEnd(word.end_char)))) close();
+    if (CUE_END.test(trailing(word))) {
+      emit(group);
+      group = [];
+    }
   }
-  close();
+  if (group.length > 0) emit(group);
   return cues;
 }
 
