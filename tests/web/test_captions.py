@@ -238,7 +238,9 @@ def test_download_subtitles_saves_webvtt_from_the_typed_text(shared_server, open
     page = session.page
     voices_loaded(session)
     button = page.locator("#subtitles")
-    text = "First line of the captions.\nSecond   line, with <tags> & such!  Third."
+    long = ("This sentence runs on for quite a while, so that it passes the limit of a cue, "
+            "and the captions must cut it after a comma.")
+    text = f"First line of the captions.\nSecond   line, with <tags> & such!  Third. {long}"
     body = whole(session, text)
     words = body["words"]
     expect(button).to_be_enabled()
@@ -258,11 +260,15 @@ def test_download_subtitles_saves_webvtt_from_the_typed_text(shared_server, open
     assert download.suggested_filename == vtt_name
     vtt = Path(download.path()).read_text(encoding="utf-8")
     cues = parse_vtt(vtt)
-    assert [c[2] for c in cues] == [
+    assert [c[2] for c in cues[:3]] == [
         "First line of the captions.",
         "Second line, with &lt;tags> &amp; such!",
         "Third.",
     ]
+    # Too long for one cue: cut after a comma, every piece in the typed text's own words.
+    rest = [c[2] for c in cues[3:]]
+    assert len(rest) >= 2 and all(piece.endswith(",") for piece in rest[:-1])
+    assert " ".join(rest) == long
     assert cues[0][0] == clock(words[0]["start_s"])
     assert cues[-1][1] == clock(words[-1]["end_s"])
     starts = [c[0] for c in cues]
