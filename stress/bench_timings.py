@@ -641,13 +641,178 @@ def load_average() -> str:
         return "?"
 
 
+# ---- offsets: where the constant error comes from ---------------------------------------------
+#
+# The same model durations, different boundary rules, in this process (noise 0, so the
+# audio is the one the engine makes): which rule would bring the starts onto Whisper's?
+# Nothing here changes the engines; the rules are what a change to them would compute.
+
+PIPER_RULES = ("current", "space-to-next", "space-split", "pad-to-next")
+MANDARIN_RULES = ("current", "joint-to-next", "joint-split")
+
+
+def piper_words_rule(phonemes, positions, frames, samples: int, offset: int, rule: str):
+    """inference.voice.phoneme_words, with the word-separating space's time given to the
+    word after it ("space-to-next"), split between both ("space-split"), or to neither
+    ("current", as the engine does); "pad-to-next": a phoneme's time is the pad before its
+    id and the id (not the id and the pad after it), and the space goes to the next word:
+    every boundary one pad earlier than "space-to-next", ends too. A pause after
+    punctuation is never moved."""
+    from inference.timing import PhonemeWord, phoneme_key
+
+    total = float(frames.sum())
+    per_frame = samples / total if total > 0 else 0.0
+    ends = np.cumsum(frames)
+    words = []
+    key, first, last = [], -1, -1
+    space_start = None  # frame where the space before the current word began
+    prev_last_end = 0.0  # frame where the previous word's last id ended (before its pad)
+    previous = None  # what ended the previous word: "space" or "punct"
+    for phoneme, position in [*zip(phonemes, positions, strict=True), (" ", -1)]:
+        is_space = phoneme.isspace()
+        is_punct = bool(phoneme) and unicodedata.category(phoneme[0])[0] == "P"
+        if is_space or is_punct:
+            if key and first >= 0:
+                start = float(ends[first - 1]) if first > 0 else 0.0
+                if space_start is not None and previous == "space" and rule != "current":
+                    start = space_start if rule == "space-to-next" else (space_start + start) / 2
+                end = float(ends[min(last + 1, len(ends) - 1)])
+                if rule == "pad-to-next":
+                    end = float(ends[last])
+                    if previous == "space" and space_start is not None:
+                        start = prev_last_end
+                words.append(PhonemeWord(phoneme_key("".join(key)),
+                                         offset + round(start * per_frame),
+                                         offset + round(end * per_frame)))
+                previous = None
+                prev_last_end = float(ends[last])
+            if is_punct:
+                previous = "punct"
+            elif previous != "punct" and position >= 0:
+                previous = "space"
+                space_start = float(ends[position - 1]) if position > 0 else 0.0
+            key, first, last = [], -1, -1
+            continue
+        key.append(phoneme)
+        if position >= 0:
+            first = position if first < 0 else first
+            last = position
+    return [w for w in words if w.key]
+
+
+def piper_timed_rules(voice, text: str, options) -> tuple[np.ndarray, dict[str, list]]:
+    """The audio of Voice.synthesize_timed and its WordTimings under each PIPER_RULES."""
+    from inference.voice import MAX_INT16
+
+    parts, words = [], {rule: [] for rule in PIPER_RULES}
+    offset = 0
+    for phonemes in voice.phonemize(text):
+        ids, positions = voice.ids_with_positions(phonemes)
+        audio, frames = voice.infer_with_frames(ids, options)
+        for rule in PIPER_RULES:
+            words[rule].extend(piper_words_rule(phonemes, positions, frames, len(audio),
+                                                offset, rule))
+        parts.append((audio * MAX_INT16).astype(np.int16))
+        offset += len(audio)
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+    return audio, {rule: voice.word_timings(text, w) for rule, w in words.items()}
+
+
+def mandarin_timed_rules(voice, text: str) -> tuple[np.ndarray, dict[str, list]]:
+    """MandarinVoice.synthesize_timed's audio (speed 1) and its words under each
+    MANDARIN_RULES: the "#0" joint between two syllables belongs to the one before
+    ("current", as the engine does), to the one after, or half to each."""
+    from inference.mandarin import frontend
+    from inference.mandarin.engine import HOP, MAX_INT16, _merge_words
+
+    parts, heard = [], {rule: [] for rule in MANDARIN_RULES}
+    offset = 0
+    joint = voice.table.symbol_to_id.get("#0")
+    for chunk in frontend.chunks(text, 1.0, track=True):
+        ids, positions = voice.table.ids_with_positions(list(chunk.syllables))
+        durations, mel = voice.acoustic(ids, 1.0)
+        audio = voice.vocode(mel)
+        ends = np.cumsum(np.maximum(np.round(durations), 0)) * HOP
+        for rule in MANDARIN_RULES:
+            for source, position in zip(chunk.spans, positions, strict=True):
+                if position is None:
+                    continue
+                first, last = position
+                start = float(ends[first - 1]) if first > 0 else 0.0
+                end = float(ends[last])
+                before = first - 1 >= 1 and ids[first - 1] == joint
+                after = last + 1 < len(ids) and ids[last + 1] == joint
+                joint_before = (float(ends[first - 2]), start) if before else None
+                joint_after = (end, float(ends[last + 1])) if after else None
+                if rule == "current":
+                    end = joint_after[1] if joint_after else end
+                elif rule == "joint-to-next":
+                    start = joint_before[0] if joint_before else start
+                else:
+                    start = sum(joint_before) / 2 if joint_before else start
+                    end = sum(joint_after) / 2 if joint_after else end
+                heard[rule].append((source, offset + int(min(start, len(audio))),
+                                    offset + int(min(end, len(audio)))))
+        silence = np.zeros(round(chunk.pause_s * voice.sample_rate), dtype=np.float32)
+        parts += [audio, silence]
+        offset += len(audio) + len(silence)
+    audio = np.clip(np.concatenate(parts), -1.0, 1.0) if parts else np.zeros(0, np.float32)
+    return ((audio * MAX_INT16).astype(np.int16),
+            {rule: _merge_words(h, text) for rule, h in heard.items()})
+
+
+def as_api_words(text: str, timings, sample_rate: int) -> list[dict]:
+    return [{"text": text[t.start_char:t.end_char], "start_char": t.start_char,
+             "end_char": t.end_char, "start_s": t.start_sample / sample_rate,
+             "end_s": t.end_sample / sample_rate} for t in timings]
+
+
+def run_offsets(voices: Sequence[str], limit: int | None) -> list[VoiceQuality]:
+    """Per voice (joe, zh-baker-female) and boundary rule: the error table's row."""
+    from inference.options import SynthesisOptions
+
+    model_dir = find_whisper_base()
+    if model_dir is None:
+        sys.exit("the multilingual Whisper base model is missing")
+    wanted = [v for v in voices if v in ("joe", "zh-baker-female")]
+    engines = load_engines(wanted)
+    options = SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0)
+    made = {}
+    for voice, engine in engines.items():
+        for text in corpus_for(voice)[:limit]:
+            if voice == "joe":
+                audio, by_rule = piper_timed_rules(engine, text, options)
+                check = engine.synthesize_timed(text, options)[1]
+                assert list(by_rule["current"]) == list(check), "current rule != engine"
+            else:
+                audio, by_rule = mandarin_timed_rules(engine, text)
+                check = engine.synthesize_timed(text, options)[1]
+                assert list(by_rule["current"]) == list(check), "current rule != engine"
+            made.setdefault(voice, []).append((text, audio, by_rule, engine.sample_rate))
+    del engines
+    aligner = WordAligner(model_dir)
+    rows = []
+    for voice, items in made.items():
+        results: dict[str, list] = {}
+        for text, audio, by_rule, rate in items:
+            heard = aligner.words(audio, rate, LANGUAGE[voice])
+            for rule, timings in by_rule.items():
+                words = as_api_words(text, timings, rate)
+                item = Timed(text, voice, words, audio, rate, len(audio) / rate)
+                results.setdefault(rule, []).append(
+                    (item, heard, align(LANGUAGE[voice], words, heard)))
+        for rule, result in results.items():
+            rows.append(summarize(f"{voice} {rule}", result))
+    return rows
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stress.bench_timings",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=("all", "quality", "cost"))
+    parser.add_argument("what", nargs="?", default="all", choices=("all", "quality", "cost", "offsets"))
     parser.add_argument("--voices", default=",".join(VOICES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="first N sentences per corpus")
@@ -675,6 +840,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_cost += server_cost(voices, args.rounds, args.limit, args.log_dir)
         print("\n## cost of computing timings (timed / plain)\n" + cost_table(rows_cost))
         out["cost"] = [asdict(r) for r in rows_cost]
+    if args.what == "offsets":
+        rows = run_offsets(voices, args.limit)
+        print("\n## boundary rules (in process, noise 0) vs Whisper base\n" + quality_table(rows))
+        out["offsets"] = [asdict(r) for r in rows]
     out["load_average_after"] = load_average()
     print(f"# load average after: {out['load_average_after']}")
     if args.json:
