@@ -3,6 +3,7 @@
     .venv/bin/python -m stress.bench_timings                 # quality, then cost
     .venv/bin/python -m stress.bench_timings quality [--voices joe,zh-baker-female]
     .venv/bin/python -m stress.bench_timings cost [--rounds 5]
+    .venv/bin/python -m stress.bench_timings offsets [--voices joe,zh-baker-female]
     .venv/bin/python -m stress.bench_timings ... --json out.json
 
 quality: every held-out sentence of stress/timing_corpus.py (30 English, 20 Chinese) is
@@ -23,6 +24,11 @@ cost: the same texts synthesized plain and with timings, interleaved in each rou
   model work), and through a server with the cache off: plain WAV requests vs
   {"timestamps": "words"} requests, the client's latency and the Server-Timing synth
   duration.
+offsets: in this process (noise 0), each neural engine's timings under its own boundary
+  rule (checked identical to synthesize_timed) and under alternative rules computed from
+  the same model durations and audio (Piper: the inter-word space and the pads; Mandarin:
+  the "#0" joint between syllables), each scored against Whisper as in quality. Nothing
+  in the engines changes: this measures what a change to them would give.
 
 Alignment. English: both word lists normalized (NFKC, lower-case, every character that is
 not a letter or digit dropped; a word that normalizes to nothing, an emoji, is left out),
@@ -812,7 +818,8 @@ def run_offsets(voices: Sequence[str], limit: int | None) -> list[VoiceQuality]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stress.bench_timings",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=("all", "quality", "cost", "offsets"))
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=("all", "quality", "cost", "offsets"))
     parser.add_argument("--voices", default=",".join(VOICES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="first N sentences per corpus")
