@@ -35,8 +35,8 @@ from .errors import (
     WorkerCrashed,
 )
 from .scheduler import Scheduler, WorkItem
-from .timing import WordTiming
 from .supervisor import WorkerSlot
+from .timing import WordTiming
 
 __all__ = ["InferencePool", "PoolBusy", "PoolClosed", "PoolError", "PoolOptions",
            "PoolStartError", "PoolUnavailable", "UnitRejected", "UnitResult", "WorkerCrashed"]

@@ -45,7 +45,8 @@ def _is_punctuation(ch: str) -> bool:
 
 
 def is_han(ch: str) -> bool:
-    return "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\U00020000" <= ch <= "\U0003134f"
+    return ("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff"
+            or "\U00020000" <= ch <= "\U0003134f")
 
 
 def _pieces(text: str):

@@ -204,21 +204,31 @@ def phoneme_words(
 ) -> list[PhonemeWord]:
     """The sentence's phoneme words (runs between spaces and punctuation) and their samples.
 
-    A phoneme's time is that of its id and the pad after it; the samples per frame come
-    from this run (its audio is exactly frames x hop long)."""
+    A word ends with its last phoneme's id. The ids between two words (pad, space, pad)
+    belong to the second: that is where its first sound builds up (the closure of a /t/),
+    and word starts measured against forced alignment came out ~100 ms late without them
+    (docs/word_timings.md). After punctuation, a word starts at its first phoneme: the
+    ids before it are the pause. The samples per frame come from this run (its audio is
+    exactly frames x hop long)."""
     total = float(frames.sum())
     per_frame = samples / total if total > 0 else 0.0
     ends = np.cumsum(frames)  # frames up to and including each id
     words: list[PhonemeWord] = []
     key, first, last = [], -1, -1
+    previous_last, after_pause = -1, True
     for phoneme, position in [*zip(phonemes, positions, strict=True), (" ", -1)]:
-        if phoneme.isspace() or (phoneme and unicodedata.category(phoneme[0])[0] == "P"):
+        punctuation = bool(phoneme) and unicodedata.category(phoneme[0])[0] == "P"
+        if phoneme.isspace() or punctuation:
             if key and first >= 0:
-                start = ends[first - 1] if first > 0 else 0.0
-                end = ends[min(last + 1, len(ends) - 1)]
+                if after_pause or previous_last < 0:
+                    start = ends[first - 1] if first > 0 else 0.0
+                else:
+                    start = ends[previous_last]
                 words.append(PhonemeWord(phoneme_key("".join(key)),
                                          offset + round(float(start) * per_frame),
-                                         offset + round(float(end) * per_frame)))
+                                         offset + round(float(ends[last]) * per_frame)))
+                previous_last, after_pause = last, False
+            after_pause = after_pause or punctuation
             key, first, last = [], -1, -1
             continue
         key.append(phoneme)

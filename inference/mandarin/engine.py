@@ -119,8 +119,10 @@ class MandarinVoice:
         """run_chunk(), and the samples of each syllable in its audio (None: not spoken).
 
         A syllable's time is that of its phones' frames (the model's own durations) and of
-        the "#0" joint after it (the model gives the joint real, voiced frames); the
-        vocoder makes HOP samples per frame."""
+        the "#0" joint before it: the model gives the joint 75-125 ms of real audio, mostly
+        the onset of the next syllable (measured against forced alignment: starts 77 ms
+        late with the joint on the syllable before, 25 ms with it on the one after;
+        docs/word_timings.md). The vocoder makes HOP samples per frame."""
         ids, positions = self.table.ids_with_positions(list(syllables))
         try:
             durations, mel = self.acoustic(ids, ratio, solo)
@@ -144,8 +146,8 @@ class MandarinVoice:
                 spans.append(None)
                 continue
             first, last = position
-            if last + 1 < len(ids) and ids[last + 1] == joint:
-                last += 1
+            if first > 1 and ids[first - 1] == joint:
+                first -= 1
             start = int(ends[first - 1]) if first > 0 else 0
             spans.append((min(start, len(audio)), min(int(ends[last]), len(audio))))
         return audio, spans

@@ -106,7 +106,8 @@ def test_batched_timings_match_unbatched(joe):
         check_timings(text, batched, len(audio))
         _, alone = joe.synthesize_timed(text, DETERMINISTIC)
         assert [w[:2] for w in batched] == [w[:2] for w in alone]
-        assert max(abs(a.start_sample - b.start_sample) for a, b in zip(batched, alone)) < 600
+        assert max(abs(a.start_sample - b.start_sample) for a, b in zip(batched, alone,
+                                                                       strict=True)) < 600
     plain, none = engine.synthesize_batch_timed(texts, DETERMINISTIC, 4)
     assert none == [[], [], []] and [len(a) for a in plain] == [len(a) for a in audios]
 

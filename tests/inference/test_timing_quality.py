@@ -14,6 +14,7 @@ import statistics
 import pytest
 
 from stress import bench_timings, timing_corpus
+from tests.support import started_server
 
 # Issue 20's target for the Piper voice.
 MAX_MEDIAN_START_ERROR_S = 0.050
@@ -29,12 +30,16 @@ def whisper_dir():
     return folder
 
 
-@pytest.fixture
-def piper_timed(running_server):
-    server = running_server({"cache": {"enabled": False, "redis": "off"},
+@pytest.fixture(scope="module")
+def piper_timed(tmp_path_factory):
+    server = started_server(tmp_path_factory.mktemp("timing_quality"),
+                            {"cache": {"enabled": False, "redis": "off"},
                              "limits": {"enabled": False}})
-    return [bench_timings.synthesize_timed(server.url, text, "joe")
-            for text in timing_corpus.TEST_EN]
+    try:
+        return [bench_timings.synthesize_timed(server.url, text, "joe")
+                for text in timing_corpus.TEST_EN]
+    finally:
+        server.stop()
 
 
 def test_every_word_has_a_sane_timing(piper_timed):

@@ -20,8 +20,8 @@ from tts_server.speech.request import (
     build_request,
     check_speed,
     clean_text,
-    parse_timings,
     parse_format,
+    parse_timings,
 )
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 

@@ -29,11 +29,11 @@ from inference.pool import (
     UnitResult,
     WorkerCrashed,
 )
+from inference.timing import WordTiming
 from tts_server.batching.pool import BatchingPool
 from tts_server.errors import ServiceUnavailable, Unprocessable
 from tts_server.resilience.breaker import CircuitBreaker
 from tts_server.resilience.state import Level
-from inference.timing import WordTiming
 from tts_server.speech.request import SynthesisRequest
 from tts_server.speech.timings import estimated_words
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
