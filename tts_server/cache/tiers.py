@@ -35,12 +35,15 @@ class CachedAudio:
     # Word timings (start_char, end_char, start_sample, end_sample) in the request's
     # normalized text and this audio, when the synthesis computed them; None: it did not.
     words: tuple[WordTiming, ...] | None = None
+    # The words are estimates (their engine gives no timings: a remote one).
+    estimated: bool = False
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": VALUE_VERSION, "sample_rate": self.sample_rate,
                                 "pcm": self.pcm}
         if self.words is not None:
             body["words"] = [list(word) for word in self.words]
+            body["estimated"] = self.estimated
         return msgpack.packb(body, use_bin_type=True)
 
     @classmethod
@@ -59,7 +62,8 @@ class CachedAudio:
         )
         if not valid:
             raise ValueError("not a cached audio value")
-        return cls(body["sample_rate"], body["pcm"], _decode_words(body.get("words")))
+        return cls(body["sample_rate"], body["pcm"], _decode_words(body.get("words")),
+                   body.get("estimated") is True)
 
 
 def _decode_words(raw: Any) -> tuple[WordTiming, ...] | None:

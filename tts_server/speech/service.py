@@ -178,8 +178,9 @@ class SpeechService:
         if self.cache is not None:
             audio, status = await self.cache.lookup(key)
             if audio is not None and timed and audio.words is not None:
-                return Speech(request, audio.sample_rate, _one_chunk(audio.pcm),
-                              SynthesisTrace(), status, pieces=_one_piece(audio.pcm, audio.words))
+                trace = SynthesisTrace(estimated_timings=audio.estimated)
+                return Speech(request, audio.sample_rate, _one_chunk(audio.pcm), trace,
+                              status, pieces=_one_piece(audio.pcm, audio.words))
             if audio is not None and not timed:
                 return Speech(request, audio.sample_rate, _one_chunk(audio.pcm),
                               SynthesisTrace(), status)
@@ -222,7 +223,8 @@ class SpeechService:
                     flight.push(unit.pcm, words)
                 if self.cache is not None and not flight.trace.degraded:
                     words = tuple(w for chunk in flight.words for w in chunk) if placer else None
-                    value = CachedAudio(flight.sample_rate, b"".join(flight.chunks), words)
+                    value = CachedAudio(flight.sample_rate, b"".join(flight.chunks), words,
+                                        flight.trace.estimated_timings)
                     l2_write = self.cache.store(flight.key, value)
             flight.finish()
         except asyncio.CancelledError:

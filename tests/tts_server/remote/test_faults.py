@@ -183,3 +183,13 @@ async def test_timings_of_a_remote_voice_are_estimated_and_its_fallback_units_ti
     second = next(w for w in words if w["text"] == "second")
     first_unit_end = max(w["end_s"] for w in words if w["start_char"] < second["start_char"])
     assert second["start_s"] >= first_unit_end - 1e-3
+
+
+async def test_estimated_timings_stay_marked_as_estimated_when_cached(front, upstream):
+    text = "An upstream sentence whose estimated timings are cached."
+    for expected_cache in ("miss", "hit-l1"):
+        status, headers, body = await tts(front, text, timestamps="words")
+        assert status == 200, body
+        assert (headers["X-Cache"], headers["X-Timings"]) == (expected_cache, "estimated")
+        assert json.loads(body)["timings"] == "estimated"
+    assert len(upstream.calls) == 1

@@ -96,6 +96,8 @@ def test_cached_values_carry_timings_and_old_values_still_decode():
     words = (WordTiming(0, 5, 0, 100), WordTiming(6, 9, 120, 300))
     value = CachedAudio(22050, b"\x00\x01" * 4, words)
     assert CachedAudio.decode(value.encode()) == value
+    estimated = CachedAudio(22050, b"\x00\x01" * 4, words, estimated=True)
+    assert CachedAudio.decode(estimated.encode()).estimated is True
     plain = CachedAudio(22050, b"\x00\x01" * 4)
     assert CachedAudio.decode(plain.encode()).words is None
     import msgpack
