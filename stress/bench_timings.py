@@ -4,6 +4,7 @@
     .venv/bin/python -m stress.bench_timings quality [--voices joe,zh-baker-female]
     .venv/bin/python -m stress.bench_timings cost [--rounds 5]
     .venv/bin/python -m stress.bench_timings offsets [--voices joe,zh-baker-female]
+    .venv/bin/python -m stress.bench_timings graph [--rounds 7]
     .venv/bin/python -m stress.bench_timings ... --json out.json
 
 quality: every held-out sentence of stress/timing_corpus.py (30 English, 20 Chinese) is
@@ -484,6 +485,18 @@ def run_quality(voices: Sequence[str], limit: int | None, deterministic: bool,
 # ---- cost ------------------------------------------------------------------------------------
 
 
+def served_piper_files():
+    """joe's model as the server runs it (INT8 when voices.precision says so)."""
+    from inference.quantize import default_voice, ensure_variant
+    from tts_server.config import load_settings
+
+    settings = load_settings().voices
+    files = default_voice()
+    if settings.precision == "int8":
+        files = ensure_variant(files, settings.int8_recipe, settings.models_dir or None)
+    return files
+
+
 def load_engines(voices: Sequence[str]) -> dict[str, object]:
     """The served engines of each voice, in this process, one thread each (as a worker)."""
     from inference.options import ThreadPlan
@@ -493,13 +506,9 @@ def load_engines(voices: Sequence[str]) -> dict[str, object]:
     engines: dict[str, object] = {}
     for voice in voices:
         if voice == "joe":
-            from inference.quantize import default_voice, ensure_variant
             from inference.voice import Voice
 
-            files = default_voice()
-            if settings.precision == "int8":
-                files = ensure_variant(files, settings.int8_recipe, settings.models_dir or None)
-            engines[voice] = Voice.load(files, ThreadPlan())
+            engines[voice] = Voice.load(served_piper_files(), ThreadPlan())
         elif voice == "zh-baker-female":
             from inference.mandarin import models
             from inference.mandarin.engine import MandarinVoice
@@ -816,11 +825,43 @@ def run_offsets(voices: Sequence[str], limit: int | None) -> list[VoiceQuality]:
 # ---- command line ----------------------------------------------------------------------------
 
 
+def graph_cost(rounds: int, limit: int | None) -> dict[str, object]:
+    """What the plain path pays for the duration output: the Piper model as shipped (the
+    duration tensor marked as a second output) vs the unpatched file, session.run on the
+    same ids interleaved, one thread, noise 0; and whether the audio is bit-identical."""
+    from inference.options import SynthesisOptions, ThreadPlan
+    from inference.voice import aligned_model_bytes, make_session
+
+    voice = load_engines(["joe"])["joe"]
+    files = served_piper_files()
+    plan = ThreadPlan()
+    sessions = {"plain": make_session(Path(files.model_path).read_bytes(), 1, plan),
+                "patched": make_session(aligned_model_bytes(files.model_path), 1, plan)}
+    scales = voice.scales(SynthesisOptions(noise_scale=0.0, noise_w_scale=0.0))
+    ids = [voice.to_ids(p) for text in corpus_for("joe")[:limit] for p in voice.phonemize(text)]
+    ratios, identical = [], True
+    for round_index in range(rounds):
+        spent = {"plain": 0.0, "patched": 0.0}
+        for sentence in ids:
+            feed = {"input": np.array([sentence], dtype=np.int64),
+                    "input_lengths": np.array([len(sentence)], dtype=np.int64),
+                    "scales": scales}
+            order = ("plain", "patched") if round_index % 2 == 0 else ("patched", "plain")
+            audio = {}
+            for name in order:
+                started = time.perf_counter()
+                audio[name] = sessions[name].run(None, feed)[0]
+                spent[name] += time.perf_counter() - started
+            identical = identical and np.array_equal(audio["plain"], audio["patched"])
+        ratios.append(spent["patched"] / spent["plain"])
+    return {"ratios": ratios, "median": statistics.median(ratios), "identical": identical}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stress.bench_timings",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("all", "quality", "cost", "offsets"))
+                        choices=("all", "quality", "cost", "offsets", "graph"))
     parser.add_argument("--voices", default=",".join(VOICES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="first N sentences per corpus")
@@ -848,6 +889,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_cost += server_cost(voices, args.rounds, args.limit, args.log_dir)
         print("\n## cost of computing timings (timed / plain)\n" + cost_table(rows_cost))
         out["cost"] = [asdict(r) for r in rows_cost]
+    if args.what == "graph":
+        found = graph_cost(args.rounds, args.limit)
+        print(f"\n## Piper session.run, duration output / none: median {found['median']:.3f} "
+              f"({', '.join(f'{r:.3f}' for r in found['ratios'])}); audio bit-identical: "
+              f"{found['identical']}")
+        out["graph"] = found
     if args.what == "offsets":
         rows = run_offsets(voices, args.limit)
         print("\n## boundary rules (in process, noise 0) vs Whisper base\n" + quality_table(rows))
