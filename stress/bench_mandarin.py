@@ -76,7 +76,10 @@ def mandarin_files():
 
 
 def units_of(paragraph: str) -> list[str]:
-    return split_units(normalize(paragraph), MAX_UNIT_CHARS)
+    """The paragraph's sentence units, without the server's lead-clause cut: the server's
+    audio of a paragraph (its first clause a unit, the clause pause added after it) is the
+    engine's audio of these units, sample for sample, so raw and server make the same."""
+    return split_units(normalize(paragraph), MAX_UNIT_CHARS, lead=False)
 
 
 def news_texts(count: int, seed: int, first_serial: int) -> list[str]:
@@ -191,8 +194,8 @@ def _raw_first_times(paragraphs: list[str], threads: int, out) -> None:
     voice = _load_voice(threads)
     chunk_ms, sentence_ms = [], []
     for paragraph in paragraphs:
-        first = units_of(paragraph)[0]
-        syllables = frontend.chunks(first)[0].syllables
+        first = units_of(paragraph)[0]  # the first sentence; its first chunk is the
+        syllables = frontend.chunks(first)[0].syllables  # server's first unit (lead clause)
         started = time.perf_counter()
         voice.run_chunk(syllables, 1.0, solo=False)
         chunk_ms.append((time.perf_counter() - started) * 1000)

@@ -19,6 +19,8 @@ import numpy as np
 import soxr
 
 from inference import protocol
+from inference.mandarin import ENGINE_NAME as MANDARIN_ENGINE
+from inference.mandarin import frontend as mandarin_frontend
 from inference.pool import (
     InferencePool,
     PoolBusy,
@@ -39,6 +41,26 @@ from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
 # engine, queue ms, synthesis ms, samples, sample rate, characters: called per unit.
 UnitObserver = Callable[[str, float, float, int, int, int], None]
+
+
+def unit_gap_s(engine: str, text: str) -> float:
+    """Silence owed after a unit that ends inside a sentence.
+
+    The Mandarin engine pauses after each clause of a unit but not after the unit's last
+    one; a unit that ends at a clause mark (a text's lead clause, text.split_units, or a
+    clause of an over-long sentence) gets that clause's pause here, so a text sounds the
+    same however it is cut into units. Sentence ends stay as they are (no engine adds a
+    pause between sentence units)."""
+    if engine != MANDARIN_ENGINE or text[-1:].isalnum():
+        return 0.0
+    found = mandarin_frontend.clauses(mandarin_frontend.normalize(text))
+    pause = found[-1].pause_s if found else 0.0
+    return pause if pause < mandarin_frontend.PAUSE_SENTENCE_S else 0.0
+
+
+def silence(seconds: float, sample_rate: int) -> bytes:
+    """int16 zeros, rounded as the engines round their own pauses."""
+    return bytes(round(seconds * sample_rate) * protocol.SAMPLE_WIDTH_BYTES)
 
 
 class EngineFailure(Exception):
@@ -171,7 +193,9 @@ class Synthesizer:
                 if self.on_unit is not None:
                     self.on_unit(engine, result.queue_ms, result.synthesis_ms,
                                  len(result.pcm) // 2, result.sample_rate, len(text))
-                yield self._at_rate(result, request.voice.sample_rate)
+                pcm = self._at_rate(result, request.voice.sample_rate)
+                gap_s = unit_gap_s(engine, text)
+                yield pcm + silence(gap_s, request.voice.sample_rate) if gap_s else pcm
         finally:
             for future in futures:
                 future.cancel()
