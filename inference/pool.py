@@ -34,11 +34,12 @@ from .errors import (
     UnitRejected,
     WorkerCrashed,
 )
-from .scheduler import Scheduler, WorkItem
+from .scheduler import Reservation, Scheduler, WorkItem
 from .supervisor import WorkerSlot
 
 __all__ = ["InferencePool", "PoolBusy", "PoolClosed", "PoolError", "PoolOptions",
-           "PoolStartError", "PoolUnavailable", "UnitRejected", "UnitResult", "WorkerCrashed"]
+           "PoolStartError", "PoolUnavailable", "Reservation", "UnitRejected", "UnitResult",
+           "WorkerCrashed"]
 
 LOG = logging.getLogger("tts.inference.pool")
 
@@ -56,7 +57,7 @@ class PoolOptions:
     stop_timeout_s: float = 5.0
     # Multi-threaded sessions exist in the workers (WorkerSpec.threads.solo_threads > 1).
     solo_enabled: bool = True
-    # Starting point of the wait estimate until real units have been measured.
+    # Starting point of the wait estimate until the first unit has been measured.
     initial_seconds_per_char: float = 0.006
 
 
@@ -234,6 +235,11 @@ class InferencePool:
     def estimated_wait_s(self, priority: int, chars: int, units: int) -> float:
         return self._scheduler.estimated_wait_s(self._slots, priority, chars, units)
 
+    def reserve(self, priority: int, chars: int, units: int) -> Reservation:
+        """Count an admitted request's work in the wait estimate until it is queued:
+        release it just before submit(), or when the request is dropped."""
+        return self._scheduler.reserve(priority, chars, units)
+
     def busy_with(self, max_priority: int) -> bool:
         return self._scheduler.busy_with(self._slots, max_priority)
 
@@ -249,6 +255,8 @@ class InferencePool:
             "queued_units": len(queue),
             "queued_by_priority": queue.depth_by_priority(),
             "seconds_per_char": round(self.seconds_per_char, 6),
+            "reserved_requests": self._scheduler.reservations,
+            "reserved_units": self._scheduler.reserved_units,
             "busy_workers": sum(s.work is not None for s in self._slots),
             "restarts": sum(s.restarts for s in self._slots),
             "units_completed": self.units_completed,
@@ -317,8 +325,8 @@ class InferencePool:
         if item is None:
             return
         self._count_done(slot, item, done.process_cpu_s)
-        if not item.solo and item.chars:  # a solo run used every core: not per-worker speed
-            self._scheduler.learn_speed(done.synthesis_ms / 1000 / item.chars)
+        if not item.solo:  # a solo run used every core: not per-worker speed
+            self._scheduler.learn_speed(done.synthesis_ms / 1000, item.chars)
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(slot.slab.buf[:nbytes])  # copy out before the slab is reused
         if not item.future.done():
@@ -334,8 +342,7 @@ class InferencePool:
         self._count_done(slot, item, done.process_cpu_s)
         self.batches_completed += 1
         self.batched_units_completed += item.size
-        if item.chars:
-            self._scheduler.learn_speed(done.synthesis_ms / 1000 / item.chars)
+        self._scheduler.learn_speed(done.synthesis_ms / 1000, item.chars)
         if len(done.samples) != item.size:
             message = f"worker answered a batch of {item.size} with {len(done.samples)} items"
             self._fail(item, PoolError(message))

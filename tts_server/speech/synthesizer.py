@@ -1,7 +1,10 @@
 """Runs a SynthesisRequest on the engine pools and yields its audio unit by unit, in order.
 
 Admission happens here too: a request whose estimated wait would miss its deadline is
-refused at once. A unit the primary engine fails (crashed or stuck worker, engine error,
+refused at once. An admitted request's characters are reserved in its pool's estimate
+until `stream` queues its units (or the task that admitted it ends without that: a client
+gone before its flight started, audio a peer instance delivered), so a burst admitted in
+one event-loop turn is judged against its own work, not an empty queue. A unit the primary engine fails (crashed or stuck worker, engine error,
 no worker able to start) is synthesized again by the voice's fallback engine, and the
 voice's circuit breaker hears of it.
 """
@@ -27,6 +30,7 @@ from inference.pool import (
     PoolClosed,
     PoolError,
     PoolUnavailable,
+    Reservation,
     UnitRejected,
     UnitResult,
     WorkerCrashed,
@@ -124,6 +128,9 @@ class Synthesizer:
         self.breakers = breakers
         self.request_timeout_s = request_timeout_s
         self.retry_after_s = retry_after_s
+        # Admitted requests whose units are not queued yet, by id (the entry keeps the
+        # request alive, so its id is not reused meanwhile).
+        self._reserved: dict[int, list[tuple[SynthesisRequest, Reservation]]] = {}
 
     def route(self, request: SynthesisRequest, prefer_fallback: bool = False) -> SynthesisRequest:
         """An open breaker (or the degradation ladder) sends the voice to its fallback."""
@@ -139,14 +146,41 @@ class Synthesizer:
         return request
 
     def admit(self, request: SynthesisRequest, admission: Admission) -> None:
-        """Refuse now (503 + Retry-After) what would miss its deadline in the queue."""
+        """Refuse now (503 + Retry-After) what would miss its deadline in the queue; what
+        is admitted is reserved in the estimate until stream() queues it, or until the
+        task that admitted it ends (whichever comes first: nothing stays reserved)."""
         pool = self.pools[request.voice.engine]
-        wait_s = pool.estimated_wait_s(admission.priority, len(request.text), len(request.units))
+        chars, units = len(request.text), len(request.units)
+        wait_s = pool.estimated_wait_s(admission.priority, chars, units)
         if wait_s > admission.deadline_s:
             retry = max(self.retry_after_s, math.ceil(wait_s - admission.deadline_s))
             raise ServiceUnavailable(
                 f"busy: estimated {wait_s:.1f}s exceeds the {admission.deadline_s:g}s deadline",
                 code="would_miss_deadline", retry_after_s=retry)
+        reservation = pool.reserve(admission.priority, chars, units)
+        self._reserved.setdefault(id(request), []).append((request, reservation))
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _t: self._unreserve(request, reservation))
+
+    @property
+    def reserved_requests(self) -> int:
+        """Admitted requests whose units are not queued yet (0 when nothing is pending)."""
+        return sum(len(held) for held in self._reserved.values())
+
+    def _unreserve(self, request: SynthesisRequest, reservation: Reservation | None = None
+                   ) -> None:
+        """Release `reservation` of `request`, or (None) the oldest one it holds."""
+        held = self._reserved.get(id(request))
+        if not held:
+            return
+        for index, (_, entry) in enumerate(held):
+            if reservation is None or entry is reservation:
+                del held[index]
+                entry.release()
+                break
+        if not held:
+            del self._reserved[id(request)]
 
     def _submit(
         self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
@@ -170,6 +204,8 @@ class Synthesizer:
     ) -> AsyncIterator[bytes]:
         """Yield each unit's PCM in order; leftover units are cancelled on any exit."""
         deadline = time.monotonic() + self.request_timeout_s
+        # Its admission's reservation ends as its units are queued (no await between).
+        self._unreserve(request)
         try:
             futures = self._submit(request.voice, list(request.units), request, priority)
         except PoolUnavailable:
