@@ -320,13 +320,21 @@ class InferencePool:
         slot.cpu_s_current = process_cpu_s
         self.units_completed += item.size
 
+    @staticmethod
+    def _service_s(item: WorkItem) -> float:
+        """How long the item held its worker as the front saw it: dispatch to reply read.
+        What drains the queue, so what the estimate learns: besides the synthesis it holds
+        the pipe and this event loop's delay in reading the reply (under a flood of
+        requests, the worker waits that long for its next item)."""
+        return time.monotonic() - item.dispatched_at
+
     def _complete(self, slot: WorkerSlot, done: protocol.UnitDone) -> None:
         item = self._take(slot, done.work_id)
         if item is None:
             return
         self._count_done(slot, item, done.process_cpu_s)
         if not item.solo:  # a solo run used every core: not per-worker speed
-            self._scheduler.learn_speed(done.synthesis_ms / 1000, item.chars)
+            self._scheduler.learn_speed(self._service_s(item), item.chars)
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(slot.slab.buf[:nbytes])  # copy out before the slab is reused
         if not item.future.done():
@@ -342,7 +350,7 @@ class InferencePool:
         self._count_done(slot, item, done.process_cpu_s)
         self.batches_completed += 1
         self.batched_units_completed += item.size
-        self._scheduler.learn_speed(done.synthesis_ms / 1000, item.chars)
+        self._scheduler.learn_speed(self._service_s(item), item.chars)
         if len(done.samples) != item.size:
             message = f"worker answered a batch of {item.size} with {len(done.samples)} items"
             self._fail(item, PoolError(message))

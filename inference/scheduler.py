@@ -8,9 +8,9 @@ The wait estimate counts what is queued and running and what is reserved: a requ
 admitted against the estimate holds a `Reservation` of its characters until its units are
 queued (or it is dropped), so requests admitted in one event-loop turn, before any of them
 has queued a unit, see each other's work. The speed it multiplies by is measured: the
-workers' synthesis seconds over the characters they synthesized (a moving ratio of the
-two sums, so many short units do not outweigh a few long ones); the configured starting
-guess only holds until the first unit is done.
+seconds items held their workers (dispatch to reply, as the front sees it) over their
+characters (a moving ratio of the two sums, so many short units do not outweigh a few
+long ones); the configured starting guess only holds until the first unit is done.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ class Scheduler:
     def __init__(self, solo_enabled: bool, initial_seconds_per_char: float) -> None:
         self.solo_enabled = solo_enabled
         self.queue = WorkQueue()
-        # Seconds of single-threaded synthesis per character: the starting guess until a
-        # unit has been measured, then (EWMA of seconds) / (EWMA of characters).
+        # Seconds a worker takes per character: the starting guess until a unit has been
+        # measured, then (EWMA of seconds) / (EWMA of characters).
         self.seconds_per_char = initial_seconds_per_char
         self._speed_seconds = 0.0
         self._speed_chars = 0.0
@@ -219,7 +219,7 @@ class Scheduler:
         return running or queued
 
     def learn_speed(self, seconds: float, chars: int) -> None:
-        """One finished item: `seconds` of synthesis for `chars` characters. The first
+        """One finished item: it held its worker `seconds` for `chars` characters. The first
         measurements replace the starting guess at once (weight 1/n up to the EWMA's)."""
         if chars <= 0:
             return

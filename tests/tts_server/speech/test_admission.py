@@ -169,7 +169,10 @@ async def test_the_first_measured_unit_replaces_the_starting_guess(registry):
         synthesizer = Synthesizer(pools, registry, {}, request_timeout_s=600, retry_after_s=1)
         speech = await SpeechService(synthesizer, None, {}).speak(unit, Admission(deadline_s=1e6))
         assert await drain(speech) > 0
-        measured = speech.trace.synthesis_ms / 1000 / len(text)
-        assert pool.seconds_per_char == pytest.approx(measured)
+        # The estimate learned how long the unit held its worker (at least its synthesis),
+        # and that one measurement replaced the guess entirely (as a tenth of it would
+        # have left it above 9 s per character).
+        synthesis_per_char = speech.trace.synthesis_ms / 1000 / len(text)
+        assert synthesis_per_char <= pool.seconds_per_char < 1.0
     finally:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
