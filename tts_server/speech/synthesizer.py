@@ -4,7 +4,10 @@ Admission happens here too: a request whose estimated wait would miss its deadli
 refused at once. An admitted request's characters are reserved in its pool's estimate
 until `stream` queues its units (or the task that admitted it ends without that: a client
 gone before its flight started, audio a peer instance delivered), so a burst admitted in
-one event-loop turn is judged against its own work, not an empty queue. A unit the primary engine fails (crashed or stuck worker, engine error,
+one event-loop turn is judged against its own work, not an empty queue. And the estimate
+is checked against what happens: each engine's admitted requests' measured time to done
+over their estimate (`Lateness`) scales the estimates that follow, so whatever the pool's
+model of its queue misses (other work on the machine, a busy event loop) still counts. A unit the primary engine fails (crashed or stuck worker, engine error,
 no worker able to start) is synthesized again by the voice's fallback engine, and the
 voice's circuit breaker hears of it.
 """
@@ -43,6 +46,11 @@ from tts_server.speech.request import SynthesisRequest
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
+# How the pools' wait estimate is held to account: per engine, a moving ratio of the
+# admitted requests' measured time to done over their estimate at admission (both summed,
+# so long waits weigh more than short ones), applied to later estimates within these bounds.
+LATENESS_EWMA_ALPHA = 0.05
+LATENESS_BOUNDS = (0.5, 4.0)
 # engine, queue ms, synthesis ms, samples, sample rate, characters: called per unit.
 UnitObserver = Callable[[str, float, float, int, int, int], None]
 
@@ -110,6 +118,39 @@ class SynthesisTrace:
         self.audio_bytes += len(result.pcm)
 
 
+@dataclass(eq=False)
+class _Admitted:
+    """An admitted request until its units are queued: its reservation in the pool's
+    estimate, and what the estimate said (checked against what happened)."""
+
+    request: SynthesisRequest
+    reservation: Reservation
+    estimate_s: float
+    at: float = field(default_factory=time.monotonic)
+
+
+class Lateness:
+    """EWMA of measured over estimated time to done, for one engine's admissions."""
+
+    def __init__(self) -> None:
+        self._measured = 0.0
+        self._estimated = 0.0
+        self.samples = 0
+
+    @property
+    def factor(self) -> float:
+        if self._estimated <= 0:
+            return 1.0
+        low, high = LATENESS_BOUNDS
+        return min(high, max(low, self._measured / self._estimated))
+
+    def observe(self, estimated_s: float, measured_s: float) -> None:
+        self.samples += 1
+        alpha = max(LATENESS_EWMA_ALPHA, 1.0 / self.samples)
+        self._measured += alpha * (measured_s - self._measured)
+        self._estimated += alpha * (estimated_s - self._estimated)
+
+
 class Synthesizer:
     def __init__(
         self,
@@ -130,7 +171,8 @@ class Synthesizer:
         self.retry_after_s = retry_after_s
         # Admitted requests whose units are not queued yet, by id (the entry keeps the
         # request alive, so its id is not reused meanwhile).
-        self._reserved: dict[int, list[tuple[SynthesisRequest, Reservation]]] = {}
+        self._reserved: dict[int, list[_Admitted]] = {}
+        self.lateness: dict[str, Lateness] = {}
 
     def route(self, request: SynthesisRequest, prefer_fallback: bool = False) -> SynthesisRequest:
         """An open breaker (or the degradation ladder) sends the voice to its fallback."""
@@ -149,38 +191,44 @@ class Synthesizer:
         """Refuse now (503 + Retry-After) what would miss its deadline in the queue; what
         is admitted is reserved in the estimate until stream() queues it, or until the
         task that admitted it ends (whichever comes first: nothing stays reserved)."""
-        pool = self.pools[request.voice.engine]
+        engine = request.voice.engine
+        pool = self.pools[engine]
         chars, units = len(request.text), len(request.units)
-        wait_s = pool.estimated_wait_s(admission.priority, chars, units)
+        estimate_s = pool.estimated_wait_s(admission.priority, chars, units)
+        lateness = self.lateness.setdefault(engine, Lateness())
+        wait_s = estimate_s * lateness.factor
         if wait_s > admission.deadline_s:
             retry = max(self.retry_after_s, math.ceil(wait_s - admission.deadline_s))
             raise ServiceUnavailable(
                 f"busy: estimated {wait_s:.1f}s exceeds the {admission.deadline_s:g}s deadline",
                 code="would_miss_deadline", retry_after_s=retry)
-        reservation = pool.reserve(admission.priority, chars, units)
-        self._reserved.setdefault(id(request), []).append((request, reservation))
+        admitted = _Admitted(request, pool.reserve(admission.priority, chars, units),
+                             estimate_s)
+        self._reserved.setdefault(id(request), []).append(admitted)
         task = asyncio.current_task()
         if task is not None:
-            task.add_done_callback(lambda _t: self._unreserve(request, reservation))
+            task.add_done_callback(lambda _t: self._unreserve(request, admitted))
 
     @property
     def reserved_requests(self) -> int:
         """Admitted requests whose units are not queued yet (0 when nothing is pending)."""
         return sum(len(held) for held in self._reserved.values())
 
-    def _unreserve(self, request: SynthesisRequest, reservation: Reservation | None = None
-                   ) -> None:
-        """Release `reservation` of `request`, or (None) the oldest one it holds."""
+    def _unreserve(self, request: SynthesisRequest, admitted: _Admitted | None = None
+                   ) -> _Admitted | None:
+        """Release `admitted` of `request`, or (None) the oldest one it holds; returns it."""
         held = self._reserved.get(id(request))
         if not held:
-            return
-        for index, (_, entry) in enumerate(held):
-            if reservation is None or entry is reservation:
-                del held[index]
-                entry.release()
+            return None
+        found = None
+        for index, entry in enumerate(held):
+            if admitted is None or entry is admitted:
+                found = held.pop(index)
+                found.reservation.release()
                 break
         if not held:
             del self._reserved[id(request)]
+        return found
 
     def _submit(
         self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
@@ -205,7 +253,7 @@ class Synthesizer:
         """Yield each unit's PCM in order; leftover units are cancelled on any exit."""
         deadline = time.monotonic() + self.request_timeout_s
         # Its admission's reservation ends as its units are queued (no await between).
-        self._unreserve(request)
+        admitted = self._unreserve(request)
         try:
             futures = self._submit(request.voice, list(request.units), request, priority)
         except PoolUnavailable:
@@ -226,6 +274,10 @@ class Synthesizer:
                     result, engine = await self._fallback(request, text, deadline, priority)
                     trace.degraded = True
                 trace.add(result, engine)
+                if admitted is not None and index == len(request.units) - 1 \
+                        and not trace.degraded:  # done: how good was the estimate?
+                    self.lateness[request.voice.engine].observe(
+                        admitted.estimate_s, time.monotonic() - admitted.at)
                 if self.on_unit is not None:
                     self.on_unit(engine, result.queue_ms, result.synthesis_ms,
                                  len(result.pcm) // 2, result.sample_rate, len(text))

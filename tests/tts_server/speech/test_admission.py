@@ -19,7 +19,7 @@ from tts_server.encoding.formats import get_format
 from tts_server.errors import ServiceUnavailable
 from tts_server.speech.request import build_request
 from tts_server.speech.service import SpeechService
-from tts_server.speech.synthesizer import Admission, Synthesizer
+from tts_server.speech.synthesizer import LATENESS_BOUNDS, Admission, Lateness, Synthesizer
 from tts_server.speech.voices import VoiceRegistry
 
 SETTINGS = load_settings().replace(
@@ -174,5 +174,43 @@ async def test_the_first_measured_unit_replaces_the_starting_guess(registry):
         # have left it above 9 s per character).
         synthesis_per_char = speech.trace.synthesis_ms / 1000 / len(text)
         assert synthesis_per_char <= pool.seconds_per_char < 1.0
+    finally:
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
+
+
+def test_lateness_is_a_bounded_ratio_of_the_sums():
+    lateness = Lateness()
+    assert lateness.factor == 1.0  # nothing measured: the estimate as it is
+    lateness.observe(estimated_s=2.0, measured_s=4.0)
+    assert lateness.factor == pytest.approx(2.0)
+    for _ in range(200):
+        lateness.observe(estimated_s=1.0, measured_s=100.0)
+    assert lateness.factor == LATENESS_BOUNDS[1]
+    for _ in range(400):
+        lateness.observe(estimated_s=10.0, measured_s=1.0)
+    assert lateness.factor == LATENESS_BOUNDS[0]
+
+
+async def test_an_estimate_proved_optimistic_makes_the_next_admissions_stricter(registry):
+    # A starting guess far too fast: the first request is admitted on it, and takes far
+    # longer than estimated.
+    settings = SETTINGS.replace(pool={"initial_seconds_per_char": {
+        "piper": 1e-6, "espeak": 1e-6, "fastspeech2": 1e-6}})
+    pools = build_pools(settings, registry)
+    await start_pools(pools, registry)
+    try:
+        synthesizer = Synthesizer(pools, registry, {}, request_timeout_s=600, retry_after_s=1)
+        service = SpeechService(synthesizer, None, {})
+        first = await service.speak(request(registry, paragraph(1)), Admission(deadline_s=1e6))
+        await drain(first)
+        assert synthesizer.lateness["piper"].factor == LATENESS_BOUNDS[1]
+        # The pool's own estimate (now at its measured speed) would fit this deadline;
+        # times what the last estimate missed by, it does not.
+        second = request(registry, paragraph(2))
+        estimate_s = pools["piper"].estimated_wait_s(1, len(second.text), len(second.units))
+        with pytest.raises(ServiceUnavailable) as refused:
+            await service.speak(second, Admission(deadline_s=2 * estimate_s))
+        assert refused.value.code == "would_miss_deadline"
+        assert_nothing_reserved(service)
     finally:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
