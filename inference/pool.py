@@ -180,22 +180,30 @@ class InferencePool:
 
     def submit(
         self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1,
-        *, admitted: bool = False,
+        *, admitted: bool = False, front: bool = False,
     ) -> list[asyncio.Future[UnitResult]]:
         """Queue every unit of one request, or none (PoolBusy, PoolClosed, PoolUnavailable).
         admitted: the caller already passed check_admission for these units (the batching
-        front, which holds them a few ms first), so the queue bound is not applied twice."""
+        front, which holds them a few ms first; the rest of a request whose first unit ran
+        alone), so the queue bound is not applied twice. front: at the head of their lane,
+        in order (work admitted before what waits there)."""
         if admitted:
             self._check_open()
         else:
             self.check_admission(len(units))
+        ordered = list(reversed(units)) if front else list(units)
         futures = [
             self._scheduler.enqueue(dataclasses.replace(m, work_id=next(self._work_ids)),
-                                    (request_key,), priority).future
-            for m in units
+                                    (request_key,), priority, front).future
+            for m in ordered
         ]
         self._dispatch()
-        return futures
+        return futures[::-1] if front else futures
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers that would start a unit submitted now (0 while anything is queued)."""
+        return self._scheduler.idle_workers(self._slots)
 
     def submit_batch(
         self, request_keys: Sequence[int], batch: protocol.SynthesizeBatch, priority: int = 1

@@ -161,15 +161,20 @@ class Scheduler:
         self.reserved_units -= reservation.units
         self.reservations -= 1
 
-    def enqueue(self, message: protocol.Work, request_keys: tuple[int, ...], priority: int
-                ) -> WorkItem:
+    def enqueue(self, message: protocol.Work, request_keys: tuple[int, ...], priority: int,
+                front: bool = False) -> WorkItem:
+        """Into its priority's lane, at the back (or the front: work admitted earlier)."""
         item = WorkItem(message, request_keys, asyncio.get_running_loop().create_future(),
                         priority)
         item.future.add_done_callback(lambda _f, i=item: self._finished(i))
         for key in request_keys:
             self._active_requests[key] += 1
-        self.queue.push(item)
+        self.queue.push(item, front=front)
         return item
+
+    def idle_workers(self, slots: Sequence[Slot]) -> int:
+        """Workers that would start a new item now: idle ones, while nothing is queued."""
+        return 0 if self.queue else sum(s.idle for s in slots)
 
     def _finished(self, item: WorkItem) -> None:
         if not item.finished:

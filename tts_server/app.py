@@ -160,7 +160,8 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     app[keys.SYNTHESIZER] = Synthesizer(front, registry, build_breakers(settings, registry),
                                         settings.server.request_timeout_s,
                                         settings.server.retry_after_s,
-                                        on_unit=metrics.observe_unit if metrics else None)
+                                        on_unit=metrics.observe_unit if metrics else None,
+                                        stream_lead_alone=settings.pool.stream_lead_alone)
     yield
     await asyncio.gather(*(p.close() for p in front.values() if isinstance(p, BatchingPool)))
     await asyncio.gather(*(pool.stop() for pool in pools.values()))

@@ -140,6 +140,10 @@ class PoolSettings:
     # admitted on an idle machine's speed.
     initial_seconds_per_char: Mapping[str, float] = field(default_factory=lambda: {
         "piper": 0.006, "espeak": 0.0002, "fastspeech2": 0.008})
+    # A streamed request that finds two or more workers idle (and nothing queued) runs its
+    # first unit alone, the rest after it: its first audio does not share the cores with
+    # its own second unit (pools with a solo session already run a lone request so).
+    stream_lead_alone: bool = True
 
     def __post_init__(self) -> None:
         _require(self.workers >= 0, "pool.workers must be >= 0")

@@ -75,6 +75,23 @@ def silence(seconds: float, sample_rate: int) -> bytes:
     return bytes(round(seconds * sample_rate) * protocol.SAMPLE_WIDTH_BYTES)
 
 
+def _chain(source: asyncio.Future[UnitResult], target: asyncio.Future[UnitResult]) -> None:
+    """target follows source's outcome; target cancelled cancels source."""
+
+    def settle(_: object) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif source.exception() is not None:
+            target.set_exception(source.exception())
+        else:
+            target.set_result(source.result())
+
+    source.add_done_callback(settle)
+    target.add_done_callback(lambda _: target.cancelled() and source.cancel())
+
+
 class EngineFailure(Exception):
     """The engine, not the request, is at fault: the fallback engine gets the unit."""
 
@@ -162,8 +179,11 @@ class Synthesizer:
         request_timeout_s: float,
         retry_after_s: int,
         on_unit: UnitObserver | None = None,
+        stream_lead_alone: bool = False,
     ):
         self.on_unit = on_unit
+        # A streamed request on an idle pool: its first unit runs alone (see _submit_all).
+        self.stream_lead_alone = stream_lead_alone
         self.pools = pools
         self.registry = registry
         self.breakers = breakers
@@ -230,22 +250,65 @@ class Synthesizer:
             del self._reserved[id(request)]
         return found
 
-    def _submit(
-        self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
-    ) -> list[asyncio.Future[UnitResult]]:
-        units = [
+    @staticmethod
+    def _units(voice: VoiceInfo, texts: list[str], request: SynthesisRequest
+               ) -> list[protocol.SynthesizeUnit]:
+        return [
             protocol.SynthesizeUnit(work_id=0, voice=voice.name, text=text, speed=request.speed,
                                     speaker_id=request.speaker_id if voice is request.voice
                                     else None)
             for text in texts
         ]
+
+    def _submit(
+        self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
+    ) -> list[asyncio.Future[UnitResult]]:
         pool = self.pools[voice.engine]
         try:
-            return pool.submit(pool.new_request_key(), units, priority)
+            return pool.submit(pool.new_request_key(), self._units(voice, texts, request),
+                               priority)
         except (PoolBusy, PoolClosed) as exc:
             raise ServiceUnavailable(
                 str(exc), code=exc.code, retry_after_s=self.retry_after_s
             ) from None
+
+    def _submit_all(self, request: SynthesisRequest, priority: int
+                    ) -> list[asyncio.Future[UnitResult]]:
+        """Every unit of the request into its pool. A streamed request that finds at least
+        two workers idle and nothing queued (and a pool without a solo session, which
+        already runs a lone request's units one by one) has its first unit run alone: the
+        rest is reserved in the estimate and queued, at the head of its lane, when the
+        first is done. Its first audio then has the machine to itself rather than sharing
+        it with its own second unit; the rest is ready long before that audio has played."""
+        pool = self.pools[request.voice.engine]
+        texts = list(request.units)
+        if not (self.stream_lead_alone and request.stream and len(texts) > 1
+                and isinstance(pool, InferencePool) and not pool.options.solo_enabled
+                and pool.idle_workers >= 2):
+            return self._submit(request.voice, texts, request, priority)
+        (first,) = self._submit(request.voice, texts[:1], request, priority)
+        rest_units = self._units(request.voice, texts[1:], request)
+        held = pool.reserve(priority, sum(len(t) for t in texts[1:]), len(rest_units))
+        loop = asyncio.get_running_loop()
+        rest: list[asyncio.Future[UnitResult]] = [loop.create_future() for _ in rest_units]
+
+        def queue_rest(_first: object) -> None:
+            held.release()
+            if all(f.done() for f in rest):  # the request is gone
+                return
+            try:
+                queued = pool.submit(pool.new_request_key(), rest_units, priority,
+                                     admitted=True, front=True)
+            except PoolError as exc:  # closing, or no worker left: as if it had failed there
+                for future in rest:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for source, target in zip(queued, rest, strict=True):
+                _chain(source, target)
+
+        first.add_done_callback(queue_rest)
+        return [first, *rest]
 
     async def stream(
         self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1
@@ -255,7 +318,7 @@ class Synthesizer:
         # Its admission's reservation ends as its units are queued (no await between).
         admitted = self._unreserve(request)
         try:
-            futures = self._submit(request.voice, list(request.units), request, priority)
+            futures = self._submit_all(request, priority)
         except PoolUnavailable:
             futures = []
         breaker = self.breakers.get(request.voice.name)

@@ -50,8 +50,8 @@ async def service(registry) -> AsyncIterator[SpeechService]:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
 
 
-def request(registry: VoiceRegistry, text: str):
-    return build_request(text, registry.resolve("joe"), 1.0, None, PCM, True, SETTINGS)
+def request(registry: VoiceRegistry, text: str, stream: bool = False):
+    return build_request(text, registry.resolve("joe"), 1.0, None, PCM, stream, SETTINGS)
 
 
 def piper(service: SpeechService):
@@ -214,3 +214,49 @@ async def test_an_estimate_proved_optimistic_makes_the_next_admissions_stricter(
         assert_nothing_reserved(service)
     finally:
         await asyncio.gather(*(pool.stop() for pool in pools.values()))
+
+
+async def test_a_streamed_request_on_an_idle_pool_runs_its_first_unit_alone(service, registry):
+    synthesizer, pool = service.synthesizer, piper(service)
+    synthesizer.stream_lead_alone = True  # the server's default (pool.stream_lead_alone)
+    text = paragraph(6)
+    streamed = request(registry, text, stream=True)
+    speech = await service.speak(streamed, Admission(deadline_s=600))
+    chunks = speech.chunks.__aiter__()
+    first = asyncio.create_task(chunks.__anext__())
+    while pool.snapshot()["busy_workers"] == 0:  # until the flight has submitted
+        await asyncio.sleep(0)
+    snapshot = pool.snapshot()
+    # One worker on the first unit, the other idle; the rest reserved, not queued.
+    assert (snapshot["busy_workers"], snapshot["queued_units"]) == (1, 0)
+    assert snapshot["reserved_units"] == len(streamed.units) - 1
+    audio = await first + b"".join([chunk async for chunk in chunks])
+    assert_nothing_reserved(service)
+    # The same audio as the request not streamed, whose units all start at once.
+    whole = await service.speak(request(registry, text), Admission(deadline_s=600))
+    whole_chunks = whole.chunks.__aiter__()
+    started = asyncio.create_task(whole_chunks.__anext__())
+    while pool.snapshot()["busy_workers"] == 0:
+        await asyncio.sleep(0)
+    assert pool.snapshot()["busy_workers"] == 2
+    assert await started + b"".join([chunk async for chunk in whole_chunks]) == audio
+
+
+async def test_the_held_rest_of_a_streamed_request_is_dropped_with_it(service, registry):
+    synthesizer, pool = service.synthesizer, piper(service)
+    synthesizer.stream_lead_alone = True
+    speech = await service.speak(request(registry, paragraph(7), stream=True),
+                                 Admission(deadline_s=600))
+    chunks = speech.chunks.__aiter__()
+    first = asyncio.create_task(chunks.__anext__())
+    while pool.snapshot()["busy_workers"] == 0:
+        await asyncio.sleep(0)
+    first.cancel()  # the client leaves while the first unit runs
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await chunks.aclose()
+    while pool.snapshot()["busy_workers"]:  # the first unit finishes (or is dropped)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    assert_nothing_reserved(service)
+    assert pool.snapshot()["queued_units"] == 0
