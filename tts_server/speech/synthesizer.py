@@ -282,7 +282,9 @@ class Synthesizer:
         it with its own second unit; the rest is ready long before that audio has played."""
         pool = self.pools[request.voice.engine]
         texts = list(request.units)
-        if not (self.stream_lead_alone and request.stream and len(texts) > 1
+        if not request.stream:
+            return self._submit_longest_first(request, texts, priority)
+        if not (self.stream_lead_alone and len(texts) > 1
                 and isinstance(pool, InferencePool) and not pool.options.solo_enabled
                 and pool.idle_workers >= 2):
             return self._submit(request.voice, texts, request, priority)
@@ -309,6 +311,18 @@ class Synthesizer:
 
         first.add_done_callback(queue_rest)
         return [first, *rest]
+
+    def _submit_longest_first(self, request: SynthesisRequest, texts: list[str],
+                              priority: int) -> list[asyncio.Future[UnitResult]]:
+        """A response sent whole is done when its last unit is: its units go to the queue
+        longest first (one request on two workers then ends on its shortest unit, not on
+        whichever came last in the text); the futures come back in text order."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        queued = self._submit(request.voice, [texts[i] for i in order], request, priority)
+        futures: list[asyncio.Future[UnitResult]] = [queued[0]] * len(texts)
+        for position, index in enumerate(order):
+            futures[index] = queued[position]
+        return futures
 
     async def stream(
         self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1

@@ -260,3 +260,30 @@ async def test_the_held_rest_of_a_streamed_request_is_dropped_with_it(service, r
     await asyncio.sleep(0)
     assert_nothing_reserved(service)
     assert pool.snapshot()["queued_units"] == 0
+
+
+async def test_a_response_sent_whole_queues_its_units_longest_first(registry):
+    pools = build_pools(SETTINGS, registry)
+    await start_pools(pools, registry)
+    seen: list[tuple[int, float]] = []  # (characters, queue ms) per unit, in text order
+    try:
+        synthesizer = Synthesizer(pools, registry, {}, request_timeout_s=600, retry_after_s=1,
+                                  on_unit=lambda _e, queue_ms, _s, _n, _r, chars:
+                                  seen.append((chars, queue_ms)))
+        service = SpeechService(synthesizer, None, {})
+        text = ("Short one. A much longer sentence with many more words in it than the first. "
+                "Tiny. A medium sentence of some length here.")
+        for stream in (False, True):
+            seen.clear()
+            speech = await service.speak(request(registry, text, stream=stream),
+                                         Admission(deadline_s=600))
+            await drain(speech)
+            waited = [queue_ms for _, queue_ms in seen]
+            if stream:  # in text order: the last unit waited longest
+                assert waited.index(max(waited)) == len(waited) - 1
+            else:  # longest first: the shortest unit ("Tiny.") waited longest
+                shortest = min(range(len(seen)), key=lambda i: seen[i][0])
+                assert waited.index(max(waited)) == shortest
+        assert_nothing_reserved(service)
+    finally:
+        await asyncio.gather(*(pool.stop() for pool in pools.values()))
