@@ -22,12 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .protocol import VoiceFiles
-from .voice import SynthesisOptions, ThreadPlan, Voice, make_session
+from .timing import PhonemeWord, WordTiming
+from .voice import (
+    SynthesisOptions,
+    ThreadPlan,
+    Voice,
+    aligned_model_bytes,
+    make_session,
+    phoneme_words,
+)
 
 # Phoneme-id count edges of the length buckets: a batch mixes only one bucket's items, so
 # padding stays under about a factor of two of the shortest item.
@@ -41,18 +48,6 @@ def bucket_for(phoneme_ids: int, edges: Sequence[int] = BUCKET_EDGES) -> int:
         if phoneme_ids <= edge:
             return index
     return len(edges)
-
-
-def aligned_model_bytes(model_path: str | Path) -> bytes:
-    """The model with its phoneme durations (the `Ceil` tensor) as a second output."""
-    import onnx
-    from piper.patch_voice_with_alignment import add_alignment_output
-
-    model = onnx.load(str(model_path))
-    existing = [o.name for o in model.graph.output]
-    if len(existing) == 1:
-        add_alignment_output(model)
-    return model.SerializeToString()
 
 
 def pad_batch(id_seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -163,20 +158,41 @@ class BatchEngine:
         self, texts: Sequence[str], options: SynthesisOptions, max_batch: int = 8
     ) -> list[np.ndarray]:
         """int16 audio per text (its sentences concatenated), sentences batched by bucket."""
-        sentences: list[tuple[int, list[int]]] = []
+        return self.synthesize_batch_timed(texts, options, max_batch)[0]
+
+    def synthesize_batch_timed(
+        self, texts: Sequence[str], options: SynthesisOptions, max_batch: int = 8,
+        timings: bool = False,
+    ) -> tuple[list[np.ndarray], list[list[WordTiming]]]:
+        """synthesize_batch(), and with `timings` each text's words (else empty lists)."""
+        voice = self.voice
+        sentences: list[tuple[int, list[str], list[int], list[int]]] = []
         for index, text in enumerate(texts):
-            for phonemes in self.voice.phonemize(text):
-                sentences.append((index, self.voice.to_ids(phonemes)))
+            for phonemes in voice.phonemize(text):
+                ids, positions = voice.ids_with_positions(phonemes)
+                sentences.append((index, phonemes, ids, positions))
         by_bucket: dict[int, list[int]] = {}
-        for position, (_, ids) in enumerate(sentences):
-            by_bucket.setdefault(bucket_for(len(ids)), []).append(position)
+        for position, sentence in enumerate(sentences):
+            by_bucket.setdefault(bucket_for(len(sentence[2])), []).append(position)
         audio: dict[int, np.ndarray] = {}
+        frames: dict[int, np.ndarray] = {}
         for positions in by_bucket.values():
             for start in range(0, len(positions), max_batch):
                 chunk = positions[start : start + max_batch]
-                outs = self.infer_batch([sentences[p][1] for p in chunk], options)
-                audio.update(zip(chunk, outs, strict=True))
+                out = self.run([sentences[p][2] for p in chunk], options)
+                for p, item, spans in zip(chunk, out.audio, out.durations, strict=True):
+                    audio[p], frames[p] = normalize_peak(item), spans
         per_text: list[list[np.ndarray]] = [[] for _ in texts]
-        for position, (index, _) in enumerate(sentences):
-            per_text[index].append((audio[position] * 32767.0).astype(np.int16))
-        return [np.concatenate(p) if p else np.zeros(0, np.int16) for p in per_text]
+        heard: list[list[PhonemeWord]] = [[] for _ in texts]
+        offsets = [0] * len(texts)
+        for position, (index, phonemes, _, id_positions) in enumerate(sentences):
+            pcm = (audio[position] * 32767.0).astype(np.int16)
+            if timings:
+                heard[index].extend(phoneme_words(phonemes, id_positions, frames[position],
+                                                  len(pcm), offsets[index]))
+            per_text[index].append(pcm)
+            offsets[index] += len(pcm)
+        audios = [np.concatenate(p) if p else np.zeros(0, np.int16) for p in per_text]
+        words = [voice.word_timings(text, heard[i]) if timings else []
+                 for i, text in enumerate(texts)]
+        return audios, words

@@ -39,6 +39,7 @@ sonic time-stretcher; speed is clamped to [0.25, 4.0] first (175 wpm * 4 = 700 w
 from __future__ import annotations
 
 import atexit
+import bisect
 import ctypes
 import ctypes.util
 import hashlib
@@ -59,6 +60,7 @@ import numpy as np
 
 from .options import VoiceError
 from .text import detect_language
+from .timing import WordTiming, fill_gaps, locate, word_tokens
 
 LOG = logging.getLogger("tts.inference.espeak")
 
@@ -348,6 +350,32 @@ def build_overlay(source: str | Path, root: Path | None = None) -> Path:
 
 # --- the library ----------------------------------------------------------------------
 
+class _Event(ctypes.Structure):
+    """espeak_EVENT (speak_lib.h); an array of them, ended by type 0, comes with each chunk."""
+
+    _fields_ = [
+        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based, in characters of the UTF-8 text
+        ("length", ctypes.c_int), ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),  # samples since the start of this espeak_Synth call
+        ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8),
+    ]
+
+
+EVENT_LIST_TERMINATED = 0
+EVENT_WORD = 1
+
+
+@dataclass(frozen=True)
+class WordEvent:
+    """A word espeak-ng spoke: 0-based character position in the text it was given, and
+    the sample where it starts and where the next event (word, clause end) begins."""
+
+    position: int
+    start_sample: int
+    end_sample: int
+
+
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
                              ctypes.c_void_p)
 
@@ -401,6 +429,8 @@ class EspeakLibrary:
         variants_dir = Path(self.data_path) / "voices" / "!v"
         self.variants = frozenset(p.name for p in variants_dir.iterdir())
         self._chunks: list[bytes] = []
+        # (type, text position, sample) of each event, while a caller wants them.
+        self._events: list[tuple[int, int, int]] | None = None
         self._callback_error: BaseException | None = None
         self._callback = _CALLBACK(self._collect)  # referenced for as long as the library
         self._lib.espeak_SetSynthCallback(self._callback)
@@ -411,6 +441,13 @@ class EspeakLibrary:
         try:
             if wav and count > 0:
                 self._chunks.append(ctypes.string_at(wav, count * 2))
+            if self._events is not None and _events:
+                events = ctypes.cast(_events, ctypes.POINTER(_Event))
+                index = 0
+                while events[index].type != EVENT_LIST_TERMINATED:
+                    event = events[index]
+                    self._events.append((event.type, event.text_position - 1, event.sample))
+                    index += 1
             return 0
         except BaseException as exc:  # never let an exception cross into C
             self._callback_error = exc
@@ -421,8 +458,26 @@ class EspeakLibrary:
 
     def synthesize(self, text: str, voice: str, wpm: int) -> np.ndarray:
         """One espeak_Synth call: UTF-8 text -> int16 samples. Serialized by the module lock."""
+        return self._synthesize(text, voice, wpm, False)[0]
+
+    def synthesize_words(self, text: str, voice: str, wpm: int
+                         ) -> tuple[np.ndarray, list[WordEvent]]:
+        """synthesize(), and where each word espeak-ng read starts and ends."""
+        audio, events = self._synthesize(text, voice, wpm, True)
+        words = []
+        for index, (kind, position, sample) in enumerate(events):
+            if kind != EVENT_WORD:
+                continue
+            later = [s for _, _, s in events[index + 1:] if s > sample]
+            end = later[0] if later else len(audio)
+            words.append(WordEvent(position, sample, min(end, len(audio))))
+        return audio, words
+
+    def _synthesize(self, text: str, voice: str, wpm: int, with_events: bool
+                    ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         data = text.encode("utf-8") + b"\0"
         with _LOCK:
+            self._events = [] if with_events else None
             self._chunks = []
             self._callback_error = None
             status = self._lib.espeak_SetVoiceByName(voice.encode())
@@ -437,11 +492,12 @@ class EspeakLibrary:
                 None, None,
             )
             chunks, self._chunks = self._chunks, []
+            events, self._events = self._events or [], None
             if self._callback_error is not None:
                 raise EspeakError("espeak synth callback failed") from self._callback_error
             if status != EE_OK:
                 raise EspeakError(f"espeak_Synth returned {status}")
-        return np.frombuffer(b"".join(chunks), dtype=np.int16).copy()
+        return np.frombuffer(b"".join(chunks), dtype=np.int16).copy(), events
 
 
 _LOCK = threading.RLock()
@@ -545,6 +601,37 @@ class EspeakVoice:
     def synthesize_unit(self, text: str, options: _HasSpeed | None = None) -> np.ndarray:
         parts = list(self.synthesize(text, options))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def synthesize_timed(self, text: str, options: _HasSpeed | None = None
+                         ) -> tuple[np.ndarray, list[WordTiming]]:
+        """synthesize_unit's audio and the timing of every word of `text` (word_tokens),
+        from espeak-ng's word events."""
+        wpm = rate_for_speed(getattr(options, "speed", 1.0))
+        voice = self.espeak_name(options)
+        tokens = word_tokens(text)
+        starts = [start for start, _ in tokens]
+        spans: list[tuple[int, int] | None] = [None] * len(tokens)
+        pieces = split_sentences(text)
+        parts, offset = [], 0
+        for piece, index in zip(pieces, locate(pieces, text), strict=True):
+            audio, words = self._library.synthesize_words(piece, voice, wpm)
+            for word in words:
+                char = index[word.position] if 0 <= word.position < len(index) else -1
+                token = bisect.bisect_right(starts, char) - 1
+                if char < 0 or token < 0 or char >= tokens[token][1]:
+                    continue  # a word espeak read from punctuation or a space
+                start, end = offset + word.start_sample, offset + word.end_sample
+                old = spans[token]
+                spans[token] = (start, end) if old is None else (min(old[0], start),
+                                                                 max(old[1], end))
+            if audio.size:
+                parts.append(audio)
+                offset += audio.size
+        weights = [end - start for start, end in tokens]
+        timings = [WordTiming(a, b, s, e)
+                   for (a, b), (s, e) in zip(tokens, fill_gaps(spans, weights), strict=True)]
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+        return audio, timings
 
     def warm_up(self) -> None:
         text = "人工智能。" if self.info.language.startswith("zh") else WARMUP_TEXT

@@ -36,6 +36,7 @@ from .errors import (
 )
 from .scheduler import Reservation, Scheduler, WorkItem
 from .supervisor import WorkerSlot
+from .timing import WordTiming
 
 __all__ = ["InferencePool", "PoolBusy", "PoolClosed", "PoolError", "PoolOptions",
            "PoolStartError", "PoolUnavailable", "Reservation", "UnitRejected", "UnitResult",
@@ -74,6 +75,12 @@ class UnitResult:
     # Items of the batch this unit was synthesized in (1: alone); synthesis_ms is then its
     # share of the batch's time, by samples.
     batch_size: int = 1
+    # The timing of each word, when the unit asked for them (inference/timing.py).
+    words: tuple[WordTiming, ...] = ()
+
+
+def _timings(words: Sequence[Sequence[int]]) -> tuple[WordTiming, ...]:
+    return tuple(WordTiming(*word) for word in words)
 
 
 def sweep_stale_slabs(shm_dir: str = "/dev/shm") -> list[str]:
@@ -348,7 +355,8 @@ class InferencePool:
         if not item.future.done():
             queue_ms = (item.dispatched_at - item.enqueued_at) * 1000
             result = UnitResult(pcm, done.sample_rate, queue_ms, done.synthesis_ms,
-                                slot.index, item.attempts, item.solo)
+                                slot.index, item.attempts, item.solo,
+                                words=_timings(done.words))
             item.future.set_result(result)
 
     def _complete_batch(self, slot: WorkerSlot, done: protocol.BatchDone) -> None:
@@ -372,12 +380,14 @@ class InferencePool:
         queue_ms = (item.dispatched_at - item.enqueued_at) * 1000
         total = sum(done.samples)
         results, offset = [], 0
-        for samples in done.samples:
+        words = done.words if len(done.words) == len(done.samples) else ((),) * len(done.samples)
+        for samples, timed in zip(done.samples, words, strict=True):
             end = offset + samples * protocol.SAMPLE_WIDTH_BYTES
             share = samples / total if total else 1 / len(done.samples)
             results.append(UnitResult(bytes(slot.slab.buf[offset:end]), done.sample_rate,
                                       queue_ms, done.synthesis_ms * share, slot.index,
-                                      item.attempts, batch_size=len(done.samples)))
+                                      item.attempts, batch_size=len(done.samples),
+                                      words=_timings(timed)))
             offset = end
         return results
 

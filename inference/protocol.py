@@ -6,6 +6,10 @@ and owns. A worker runs one unit at a time and writes that unit's audio at offse
 slab as little-endian int16 mono PCM; the reply carries only the sample count. The front
 copies the samples out before it sends the worker its next unit, so the slab needs no lock.
 
+Word timings travel in the reply, only when the work asked for them (`timings`): per word
+(start_char, end_char, start_sample, end_sample) in the unit's text and audio
+(inference/timing.py).
+
 A batch (`SynthesizeBatch`, only when the worker was spawned with `max_batch` > 1) is one
 unit of work too: several texts of one voice and one setting, synthesized together, their
 audio written to the slab one after another; `BatchDone` lists each text's sample count.
@@ -21,7 +25,7 @@ import msgpack
 
 from .options import ThreadPlan
 
-PROTOCOL_VERSION = 2  # 2: one work_id names a unit or a batch
+PROTOCOL_VERSION = 3  # 2: one work_id names a unit or a batch; 3: word timings
 SAMPLE_DTYPE = "<i2"
 SAMPLE_WIDTH_BYTES = 2
 SHM_NAME_PREFIX = "tts-"
@@ -98,6 +102,8 @@ class SynthesizeUnit(Message):
     speaker_id: int | None = None
     # Run on the multi-threaded solo session: the pool has no other work.
     solo: bool = False
+    # Reply with the timing of every word (UnitDone.words).
+    timings: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class SynthesizeBatch(Message):
     texts: tuple[str, ...]
     speed: float = 1.0
     speaker_id: int | None = None
+    timings: bool = False
 
 
 # What the front sends a worker to synthesize: one unit, or a batch of them.
@@ -146,6 +153,8 @@ class UnitDone(Message):
     synthesis_ms: float
     # CPU seconds this worker process has used so far: the front's per-process metric.
     process_cpu_s: float = 0.0
+    # With timings asked: (start_char, end_char, start_sample, end_sample) per word.
+    words: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,8 @@ class BatchDone(Message):
     sample_rate: int
     synthesis_ms: float
     process_cpu_s: float = 0.0
+    # With timings asked: each text's words, as UnitDone.words.
+    words: tuple[tuple[tuple[int, int, int, int], ...], ...] = ()
 
 
 @dataclass(frozen=True)

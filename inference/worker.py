@@ -22,6 +22,7 @@ import numpy as np
 from . import protocol
 from .logconfig import configure_logging
 from .options import SynthesisOptions, ThreadPlan, VoiceError
+from .timing import WordTiming
 
 if TYPE_CHECKING:
     from .batch_engine import BatchEngine
@@ -33,6 +34,10 @@ class Engine(Protocol):
     sample_rate: int
 
     def synthesize_unit(self, text: str, options: SynthesisOptions) -> np.ndarray: ...
+
+    def synthesize_timed(
+        self, text: str, options: SynthesisOptions
+    ) -> tuple[np.ndarray, list[WordTiming]]: ...
 
     def warm_up(self) -> None: ...
 
@@ -109,25 +114,32 @@ class Worker:
             return protocol.UnitFailed(unit.work_id, protocol.FAIL_BAD_INPUT, "unknown voice")
         options = self.options(unit.speed, unit.speaker_id, unit.solo)
         started = time.perf_counter()
+        words: list[WordTiming] = []
         try:
-            audio = voice.synthesize_unit(unit.text, options)
+            if unit.timings:
+                audio, words = voice.synthesize_timed(unit.text, options)
+            else:
+                audio = voice.synthesize_unit(unit.text, options)
         except VoiceError as exc:
             return protocol.UnitFailed(unit.work_id, protocol.FAIL_BAD_INPUT, str(exc))
         except Exception as exc:  # an engine fault must not kill the worker
             LOG.exception("unit %s failed", unit.work_id)
             return protocol.UnitFailed(unit.work_id, protocol.FAIL_ENGINE, type(exc).__name__)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return self.write_audio(unit.work_id, audio, voice.sample_rate, elapsed_ms)
+        return self.write_audio(unit.work_id, audio, voice.sample_rate, elapsed_ms,
+                                tuple(words))
 
     def write_audio(
-        self, work_id: int, audio: np.ndarray, sample_rate: int, elapsed_ms: float
+        self, work_id: int, audio: np.ndarray, sample_rate: int, elapsed_ms: float,
+        words: tuple[WordTiming, ...] = (),
     ) -> protocol.Message:
         payload = audio.astype(protocol.SAMPLE_DTYPE, copy=False).tobytes()
         if len(payload) > self.spec.slab_bytes:
             message = f"audio of {len(payload)} bytes exceeds the {self.spec.slab_bytes}-byte slab"
             return protocol.UnitFailed(work_id, protocol.FAIL_AUDIO_TOO_LONG, message)
         self.slab.buf[: len(payload)] = payload
-        return protocol.UnitDone(work_id, len(audio), sample_rate, elapsed_ms, time.process_time())
+        return protocol.UnitDone(work_id, len(audio), sample_rate, elapsed_ms, time.process_time(),
+                                 words)
 
     def run_batch(self, batch: protocol.SynthesizeBatch) -> protocol.Message:
         engine = self.batch_engines.get(batch.voice)
@@ -137,7 +149,8 @@ class Worker:
         options = self.options(batch.speed, batch.speaker_id)
         started = time.perf_counter()
         try:
-            audios = engine.synthesize_batch(batch.texts, options, self.spec.max_batch)
+            audios, words = engine.synthesize_batch_timed(batch.texts, options,
+                                                          self.spec.max_batch, batch.timings)
         except VoiceError as exc:
             return protocol.UnitFailed(batch.work_id, protocol.FAIL_BAD_INPUT, str(exc))
         except Exception as exc:  # an engine fault must not kill the worker
@@ -150,7 +163,7 @@ class Worker:
             return written
         samples = tuple(len(a) for a in audios)
         return protocol.BatchDone(batch.work_id, samples, engine.sample_rate, elapsed_ms,
-                                  written.process_cpu_s)
+                                  written.process_cpu_s, tuple(tuple(w) for w in words))
 
     def close(self) -> None:
         self.slab.close()

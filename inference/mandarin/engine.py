@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from ..options import SynthesisOptions, ThreadPlan, VoiceError
 from ..protocol import VoiceFiles
+from ..timing import WordTiming
 from . import SAMPLE_RATE, frontend
 from .frontend import Chunk, SymbolTable
 
@@ -111,18 +112,45 @@ class MandarinVoice:
 
     def run_chunk(self, syllables: tuple[str, ...], ratio: float, solo: bool) -> np.ndarray:
         """Float audio of one chunk; halved and retried if it overruns the position table."""
-        ids = self.table.ids(list(syllables))
+        return self.run_chunk_timed(syllables, ratio, solo)[0]
+
+    def run_chunk_timed(self, syllables: tuple[str, ...], ratio: float, solo: bool
+                        ) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+        """run_chunk(), and the samples of each syllable in its audio (None: not spoken).
+
+        A syllable's time is that of its phones' frames (the model's own durations) and of
+        the "#0" joint before it: the model gives the joint 75-125 ms of real audio, mostly
+        the onset of the next syllable (measured against forced alignment: starts 77 ms
+        late with the joint on the syllable before, 25 ms with it on the one after;
+        docs/word_timings.md). The vocoder makes HOP samples per frame."""
+        ids, positions = self.table.ids_with_positions(list(syllables))
         try:
-            _, mel = self.acoustic(ids, ratio, solo)
+            durations, mel = self.acoustic(ids, ratio, solo)
         except _ORT_ERRORS as exc:
             if len(syllables) < 2:
                 raise
             LOG.info("chunk of %d syllables failed (%s): splitting it", len(syllables),
                      type(exc).__name__)
             half = len(syllables) // 2
-            return np.concatenate([self.run_chunk(syllables[:half], ratio, solo),
-                                   self.run_chunk(syllables[half:], ratio, solo)])
-        return self.vocode(mel, solo)
+            first, first_spans = self.run_chunk_timed(syllables[:half], ratio, solo)
+            second, second_spans = self.run_chunk_timed(syllables[half:], ratio, solo)
+            shift = len(first)
+            moved = [None if s is None else (s[0] + shift, s[1] + shift) for s in second_spans]
+            return np.concatenate([first, second]), [*first_spans, *moved]
+        audio = self.vocode(mel, solo)
+        ends = np.cumsum(np.maximum(np.round(durations), 0)) * HOP
+        spans = []
+        joint = self.table.symbol_to_id.get("#0")
+        for position in positions:
+            if position is None:
+                spans.append(None)
+                continue
+            first, last = position
+            if first > 1 and ids[first - 1] == joint:
+                first -= 1
+            start = int(ends[first - 1]) if first > 0 else 0
+            spans.append((min(start, len(audio)), min(int(ends[last]), len(audio))))
+        return audio, spans
 
     def synthesize_float(self, text: str, options: SynthesisOptions) -> np.ndarray:
         """float32 audio in [-1, 1] of a unit: its chunks with their pauses between them."""
@@ -136,6 +164,26 @@ class MandarinVoice:
             return np.zeros(0, dtype=np.float32)
         return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
 
+    def synthesize_timed(self, text: str, options: SynthesisOptions
+                         ) -> tuple[np.ndarray, list[WordTiming]]:
+        """synthesize_unit()'s audio and its words: each Han character, each Latin token,
+        each number or symbol as written in `text` (its syllables merged)."""
+        self._check_speaker(options.speaker_id)
+        ratio = speed_ratio(options.speed)
+        parts: list[np.ndarray] = []
+        heard: list[tuple[tuple[int, int], int, int]] = []  # source span, samples
+        offset = 0
+        for chunk in frontend.chunks(text, 1.0 / ratio, track=True):
+            audio, spans = self.run_chunk_timed(chunk.syllables, ratio, options.solo)
+            for source, samples in zip(chunk.spans, spans, strict=True):
+                if samples is not None:
+                    heard.append((source, offset + samples[0], offset + samples[1]))
+            silence = self._silence(chunk)
+            parts += [audio, silence]
+            offset += len(audio) + len(silence)
+        audio = np.clip(np.concatenate(parts), -1.0, 1.0) if parts else np.zeros(0, np.float32)
+        return (audio * MAX_INT16).astype(np.int16), _merge_words(heard, text)
+
     def _silence(self, chunk: Chunk) -> np.ndarray:
         return np.zeros(round(chunk.pause_s * self.sample_rate), dtype=np.float32)
 
@@ -147,3 +195,26 @@ class MandarinVoice:
         self.synthesize_unit(WARMUP_TEXT, SynthesisOptions())
         if self._solo is not None:
             self.synthesize_unit(WARMUP_TEXT, SynthesisOptions(solo=True))
+
+
+def _merge_words(heard: list[tuple[tuple[int, int], int, int]], text: str
+                 ) -> list[WordTiming]:
+    """Consecutive syllables reading the same source span are one word ("10:30"), and so
+    are the spelled letters of one Latin word ("TTS")."""
+    words: list[WordTiming] = []
+    previous: tuple[int, int] | None = None
+    for (start_char, end_char), start, end in heard:
+        last = words[-1] if words else None
+        same = previous == (start_char, end_char)
+        spelled = (last is not None and last.end_char == start_char
+                   and _latin(text[last.start_char:end_char]))
+        previous = (start_char, end_char)
+        if last is not None and (same or spelled):
+            words[-1] = last._replace(end_char=max(last.end_char, end_char), end_sample=end)
+        elif start_char < end_char:
+            words.append(WordTiming(start_char, end_char, start, end))
+    return words
+
+
+def _latin(word: str) -> bool:
+    return word.isascii() and word.isalpha()

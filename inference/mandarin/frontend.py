@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..timing import Span, Tracked
 from . import numerals
 
 LOG = logging.getLogger("tts.inference.mandarin.frontend")
@@ -167,25 +168,43 @@ _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 
 def clean(text: str) -> str:
     """NFKC (full-width digits, letters and punctuation to ASCII), controls dropped."""
-    text = unicodedata.normalize("NFKC", text)
-    out = []
-    for ch in text:
-        if ch in "\r\n\u2028\u2029":
-            out.append("\n")
-        elif unicodedata.category(ch)[0] != "C":
-            out.append(ch)
-        elif ch == "\t":
-            out.append(" ")
-    return _SPACES.sub(" ", "".join(out)).strip()
+    return _clean(Tracked(text)).text
+
+
+def _nfkc(text: Tracked) -> Tracked:
+    whole = unicodedata.normalize("NFKC", text.text)
+    if text.spans is None:
+        return Tracked(whole)
+    tracked = text.map_chars(lambda ch: unicodedata.normalize("NFKC", ch))
+    if tracked.text != whole:  # composition across characters: spans of the whole text
+        return Tracked(whole, [text.span(0, len(text))] * len(whole))
+    return tracked
+
+
+def _clean_char(ch: str) -> str:
+    if ch in "\r\n\u2028\u2029":
+        return "\n"
+    if unicodedata.category(ch)[0] != "C":
+        return ch
+    return " " if ch == "\t" else ""
+
+
+def _clean(text: Tracked) -> Tracked:
+    return _nfkc(text).map_chars(_clean_char).sub(_SPACES, " ").strip()
 
 
 def normalize(text: str) -> str:
     """Readable Mandarin: every digit, symbol and unit as words; Latin letters upper-cased."""
-    text = clean(text)
+    return normalize_tracked(Tracked(text)).text
+
+
+def normalize_tracked(text: Tracked) -> Tracked:
+    """normalize(), each output character spanning the input it was read from."""
+    text = _clean(text)
     for pattern, replacement in _RULES:
-        text = pattern.sub(replacement, text)
-    text = "".join(_SYMBOLS.get(ch, ch) for ch in text)
-    return _SPACES.sub(" ", text.upper()).strip()
+        text = text.sub(pattern, replacement)
+    text = text.map_chars(lambda ch: _SYMBOLS.get(ch, ch))
+    return text.map_chars(str.upper).sub(_SPACES, " ").strip()
 
 
 # ---- clauses --------------------------------------------------------------------------------
@@ -206,14 +225,25 @@ class Clause:
 
 def clauses(normalized: str) -> list[Clause]:
     """Split at punctuation; the longest pause of a run of marks follows the clause."""
-    found: list[Clause] = []
-    parts = _BREAK_SPLIT.split(normalized)
-    for text, marks in zip(parts[::2], [*parts[1::2], ""], strict=True):
+    return [clause for clause, _ in clauses_tracked(Tracked(normalized))]
+
+
+def clauses_tracked(normalized: Tracked) -> list[tuple[Clause, Tracked]]:
+    """clauses(), with each clause's text as a slice of the tracked input."""
+    found: list[tuple[Clause, Tracked]] = []
+    position = 0
+    text = normalized.text
+    matches = [*_BREAK_SPLIT.finditer(text), None]
+    for match in matches:
+        end = match.start() if match is not None else len(text)
+        piece, marks = normalized[position:end], match.group() if match is not None else ""
+        position = match.end() if match is not None else len(text)
         pause = max((_BREAKS.get(ch, PAUSE_SENTENCE_S) for ch in marks), default=0.0)
-        if _speakable(text):
-            found.append(Clause(text.strip(), pause))
-        elif found and pause > found[-1].pause_s:
-            found[-1] = Clause(found[-1].text, pause)
+        if _speakable(piece.text):
+            piece = piece.strip()
+            found.append((Clause(piece.text, pause), piece))
+        elif found and pause > found[-1][0].pause_s:
+            found[-1] = (Clause(found[-1][0].text, pause), found[-1][1])
     return found
 
 
@@ -245,20 +275,37 @@ _TOKENS = re.compile(r"[A-Z]|[^A-Z]+")
 
 def syllables(clause: str) -> list[str]:
     """Tone-numbered pinyin of a clause; letters as letter names, other characters skipped."""
+    return [syllable for syllable, _ in syllables_tracked(Tracked(clause))]
+
+
+def syllables_tracked(clause: Tracked) -> list[tuple[str, Span]]:
+    """syllables(), each with the source span it reads (a letter's name: the letter; a
+    Han character's syllable: the character; all of them of the span with no spans)."""
     from pypinyin import Style
 
-    out: list[str] = []
-    unspoken = [ch for ch in clause if ch.isalpha() and not (_is_han(ch) or "A" <= ch <= "Z")]
+    text = clause.text
+    whole = clause.span(0, len(text)) if clause.spans is not None else (0, 0)
+    out: list[tuple[str, Span]] = []
+    unspoken = [ch for ch in text if ch.isalpha() and not (_is_han(ch) or "A" <= ch <= "Z")]
     if unspoken:  # kana, Cyrillic, Greek...: the voice has no sounds for them
         LOG.info("not spoken (no Mandarin reading): %r", "".join(unspoken))
-    for token in _TOKENS.findall(clause):
+    for match in _TOKENS.finditer(text):
+        token = match.group()
         if token in LETTER_PINYIN:
-            out.extend(LETTER_PINYIN[token])
+            span = clause.span(*match.span()) if clause.spans is not None else whole
+            out.extend((syllable, span) for syllable in LETTER_PINYIN[token])
             continue
-        han = "".join(ch for ch in token if _is_han(ch))
-        if han:
-            found = _pinyin()(han, style=Style.TONE3, errors=_unreadable)
-            out.extend(item[0] for item in found if item and item[0])
+        positions = [match.start() + k for k, ch in enumerate(token) if _is_han(ch)]
+        if not positions:
+            continue
+        han = "".join(text[k] for k in positions)
+        found = _pinyin()(han, style=Style.TONE3, errors=_unreadable)
+        one_each = len(found) == len(positions)  # pypinyin gives one item per character
+        for k, item in enumerate(found):
+            if item and item[0]:
+                span = (clause.span(positions[k], positions[k] + 1)
+                        if one_each and clause.spans is not None else whole)
+                out.append((item[0], span))
     return out
 
 
@@ -300,15 +347,24 @@ class SymbolTable:
 
     def ids(self, syllable_list: list[str]) -> list[int]:
         """sil, each syllable's phones with #0 between syllables, sil, eos (as in training)."""
+        return self.ids_with_positions(syllable_list)[0]
+
+    def ids_with_positions(self, syllable_list: list[str]
+                           ) -> tuple[list[int], list[tuple[int, int] | None]]:
+        """ids(), and each syllable's [first, last] id index (None: it has no phones)."""
         symbols = ["sil"]
+        positions: list[tuple[int, int] | None] = []
         for syllable in syllable_list:
             phones = self.phones(syllable)
-            if phones:
-                if len(symbols) > 1:
-                    symbols.append("#0")
-                symbols.extend(phones)
+            if not phones:
+                positions.append(None)
+                continue
+            if len(symbols) > 1:
+                symbols.append("#0")
+            positions.append((len(symbols), len(symbols) + len(phones) - 1))
+            symbols.extend(phones)
         symbols += ["sil", "eos"]
-        return [self.symbol_to_id[s] for s in symbols]
+        return [self.symbol_to_id[s] for s in symbols], positions
 
 
 # ---- chunks ---------------------------------------------------------------------------------
@@ -316,10 +372,12 @@ class SymbolTable:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One acoustic-model run: its syllables and the silence after it."""
+    """One acoustic-model run: its syllables and the silence after it; with tracking, the
+    source span (in the text given to chunks()) each syllable reads."""
 
     syllables: tuple[str, ...]
     pause_s: float
+    spans: tuple[Span, ...] = ()
 
 
 def max_syllables(speed: float) -> int:
@@ -327,25 +385,26 @@ def max_syllables(speed: float) -> int:
     return max(MIN_SYLLABLES, int(MAX_SYLLABLES * min(1.0, speed)))
 
 
-def _balanced(items: list[str], limit: int) -> Iterator[list[str]]:
+def _balanced(items: list, limit: int) -> Iterator[list]:
     count = -(-len(items) // limit)
     size = -(-len(items) // count)
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def chunks(text: str, speed: float = 1.0) -> list[Chunk]:
+def chunks(text: str, speed: float = 1.0, track: bool = False) -> list[Chunk]:
     """The unit's model runs in order; the last one's pause is dropped."""
     limit = max_syllables(speed)
     out: list[Chunk] = []
-    for clause in clauses(normalize(text)):
-        found = syllables(clause.text)
+    for clause, tracked in clauses_tracked(normalize_tracked(Tracked.source(text, track))):
+        found = syllables_tracked(tracked)
         if not found:
             continue
         pieces = list(_balanced(found, limit))
-        for piece in pieces[:-1]:
-            out.append(Chunk(tuple(piece), PAUSE_CUT_S))
-        out.append(Chunk(tuple(pieces[-1]), clause.pause_s))
+        for index, piece in enumerate(pieces):
+            pause = clause.pause_s if index == len(pieces) - 1 else PAUSE_CUT_S
+            spans = tuple(span for _, span in piece) if track else ()
+            out.append(Chunk(tuple(syllable for syllable, _ in piece), pause, spans))
     if out:
-        out[-1] = Chunk(out[-1].syllables, 0.0)
+        out[-1] = Chunk(out[-1].syllables, 0.0, out[-1].spans)
     return out

@@ -97,3 +97,18 @@ def test_worker_loads_the_engine_for_fastspeech2_files(mandarin_model):
     engine.warm_up()
     audio = engine.synthesize_unit("测试", SynthesisOptions(solo=True))
     assert audio.dtype == np.int16 and audio.size > 0
+
+
+def test_timings_read_each_character_and_each_number_as_written(voice):
+    text = "欢迎收听由IndexTTS-2生成的播报，时间10:30，票价¥88.8，折扣15%。"
+    audio, words = voice.synthesize_timed(text, SynthesisOptions())
+    assert len(audio) == len(voice.synthesize_unit(text, SynthesisOptions()))
+    heard = [text[w.start_char:w.end_char] for w in words]
+    assert heard == ["欢", "迎", "收", "听", "由", "IndexTTS", "2", "生", "成", "的", "播",
+                     "报", "时", "间", "10:30", "票", "价", "¥88.8", "折", "扣", "15%"]
+    starts = [w.start_sample for w in words]
+    assert starts == sorted(starts) and all(w.end_sample <= len(audio) for w in words)
+    # The pauses after the commas lie between words: no word spans them.
+    comma = next(w for w in words if text[w.start_char:w.end_char] == "时")
+    before = words[words.index(comma) - 1]
+    assert comma.start_sample - before.end_sample > 0.1 * SAMPLE_RATE

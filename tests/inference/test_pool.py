@@ -110,7 +110,7 @@ async def test_corrupt_model_fails_the_start_with_its_reason(make_pool, tmp_path
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"this is not an onnx model")
     voices = (protocol.VoiceFiles("broken", str(broken), JOE.config_path),)
-    with pytest.raises(PoolStartError, match="broken|INVALID|protobuf|Load"):
+    with pytest.raises(PoolStartError, match="broken|INVALID|protobuf|Load|corrupt"):
         await make_pool(workers=1, voices=voices, ready_timeout_s=60)
 
 

@@ -80,6 +80,7 @@ def test_streamed_synthesis_plays_shows_timings_and_then_a_cache_hit(shared_serv
         "speed": 1,
         "format": "pcm",
         "stream": True,
+        "timestamps": "words",
     }
     assert response.headers["transfer-encoding"] == "chunked"
     wait_until_played(session)

@@ -166,7 +166,10 @@ class BatchingPool:
 def _message(items: list[_Item]) -> protocol.SynthesizeBatch:
     first = items[0].unit
     texts = tuple(item.unit.text for item in items)
-    return protocol.SynthesizeBatch(0, first.voice, texts, first.speed, first.speaker_id)
+    # One unit that wants word timings gets them for all: they cost little next to the run.
+    timings = any(item.unit.timings for item in items)
+    return protocol.SynthesizeBatch(0, first.voice, texts, first.speed, first.speaker_id,
+                                    timings)
 
 
 def _cancel_when_callers_leave(items: list[_Item], future: asyncio.Future) -> None:

@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from inference.timing import WordTiming
+
 LOG = logging.getLogger("tts.cache")
 VALUE_VERSION = 1
 MIN_BACKOFF_S = 0.25
@@ -30,9 +32,18 @@ MIN_BACKOFF_S = 0.25
 class CachedAudio:
     sample_rate: int
     pcm: bytes
+    # Word timings (start_char, end_char, start_sample, end_sample) in the request's
+    # normalized text and this audio, when the synthesis computed them; None: it did not.
+    words: tuple[WordTiming, ...] | None = None
+    # The words are estimates (their engine gives no timings: a remote one).
+    estimated: bool = False
 
     def encode(self) -> bytes:
-        body = {"v": VALUE_VERSION, "sample_rate": self.sample_rate, "pcm": self.pcm}
+        body: dict[str, Any] = {"v": VALUE_VERSION, "sample_rate": self.sample_rate,
+                                "pcm": self.pcm}
+        if self.words is not None:
+            body["words"] = [list(word) for word in self.words]
+            body["estimated"] = self.estimated
         return msgpack.packb(body, use_bin_type=True)
 
     @classmethod
@@ -51,7 +62,19 @@ class CachedAudio:
         )
         if not valid:
             raise ValueError("not a cached audio value")
-        return cls(body["sample_rate"], body["pcm"])
+        return cls(body["sample_rate"], body["pcm"], _decode_words(body.get("words")),
+                   body.get("estimated") is True)
+
+
+def _decode_words(raw: Any) -> tuple[WordTiming, ...] | None:
+    """Values written before timings existed have none; anything else malformed is garbage."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(
+        isinstance(w, list) and len(w) == 4 and all(type(x) is int for x in w) for w in raw
+    ):
+        raise ValueError("malformed word timings")
+    return tuple(WordTiming(*w) for w in raw)
 
 
 def cache_key(namespace: str, identity: dict[str, Any]) -> str:

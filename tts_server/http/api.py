@@ -13,6 +13,7 @@ from tts_server.errors import BadRequest
 from tts_server.http.bodies import parse_body
 from tts_server.http.openai import parse_speech_request
 from tts_server.http.responses import AudioResponder
+from tts_server.http.timed import TimedResponder
 from tts_server.speech.request import SynthesisRequest, parse_tts_request
 from tts_server.speech.service import Speech
 from tts_server.speech.synthesizer import Admission
@@ -20,8 +21,14 @@ from tts_server.speech.synthesizer import Admission
 
 async def tts(request: web.Request) -> web.StreamResponse:
     synthesis = await parse_body(request, parse_tts_request)
-    responder = AudioResponder(request, await speak(request, synthesis))
+    responder = responder_for(request, await speak(request, synthesis))
     return await (responder.streamed() if synthesis.stream else responder.whole())
+
+
+def responder_for(request: web.Request, speech: Speech) -> AudioResponder:
+    """Plain audio, or (the request asked for word timings) JSON, captions or events."""
+    return TimedResponder(request, speech) if speech.pieces is not None else AudioResponder(
+        request, speech)
 
 
 async def openai_speech(request: web.Request) -> web.StreamResponse:
@@ -32,9 +39,11 @@ async def openai_speech(request: web.Request) -> web.StreamResponse:
     may_stream = request.app[keys.GATEWAY].may_use(request[keys.IDENTITY], "stream")
     if as_sse and not may_stream:
         request.app[keys.GATEWAY].require_feature(request[keys.IDENTITY], "stream")
-    responder = AudioResponder(request, await speak(request, synthesis))
+    responder = responder_for(request, await speak(request, synthesis))
     if as_sse:
         return await responder.sse()
+    if synthesis.timestamps:  # timings without SSE: one JSON (or caption) body
+        return await responder.whole()
     return await (responder.streamed() if may_stream else responder.whole())
 
 

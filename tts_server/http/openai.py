@@ -21,6 +21,7 @@ from tts_server.speech.request import (
     check_speed,
     clean_text,
     parse_format,
+    parse_timings,
 )
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
@@ -83,8 +84,10 @@ def parse_speech_request(
                          param="instructions")
     speed = check_speed(body.get("speed", 1.0), settings, error=BadRequest)
     voice = resolve_voice(model, voice_name, text, settings.openai, registry)
-    request = build_request(text, voice, speed, None, get_format(audio_format), True, settings)
-    return request, stream_format == "sse"
+    as_sse = stream_format == "sse"
+    request = build_request(text, voice, speed, None, get_format(audio_format), True, settings,
+                            parse_timings(body, as_sse), body["input"])
+    return request, as_sse
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from tts_server.jobs.routes import MAX_LIST, STATUSES
 from tts_server.jobs.submission import MAX_IDEMPOTENCY_KEY_CHARS
 from tts_server.jobs.webhook import MAX_URL_CHARS
 from tts_server.speech.request import API_FORMATS, AUDIO_FORMATS
+from tts_server.speech.timings import CAPTION_FORMATS, CAPTION_TYPES
 from tts_server.speech.voices import VoiceRegistry
 
 Schema = dict[str, Any]
@@ -69,11 +70,16 @@ def error_responses(statuses: tuple[int, ...], shape: str = "Error") -> dict[str
     return out
 
 
-def audio_content(content_types: list[str], sse: bool = False) -> Schema:
+def audio_content(content_types: list[str], sse: bool = False, timed: bool = False) -> Schema:
     content = {ct: {"schema": {"type": "string", "format": "binary"}} for ct in content_types}
     if sse:  # OpenAPI 3.1: the schema describes one event
         event = obj({"event": {"type": "string"}, "data": {"type": "string"}}, ("data",))
         content["text/event-stream"] = {"schema": event}
+    if timed:
+        content["application/json"] = {"schema": ref("TimedAudio")}
+        content["application/x-ndjson"] = {"schema": {"type": "string"}}
+        for caption_type in CAPTION_TYPES.values():
+            content[caption_type] = {"schema": {"type": "string"}}
     return content
 
 
@@ -103,6 +109,16 @@ def synthesis_fields(settings: Settings, registry: VoiceRegistry, max_chars: int
     }
 
 
+def timing_fields() -> Schema:
+    return {
+        "timestamps": {"enum": ["words", "none", True, False, None], "default": "none",
+                       "description": "words: JSON with the audio (base64) and each word's "
+                                      "times; streamed: NDJSON (SSE on /v1) word events"},
+        "captions": {"enum": [*CAPTION_FORMATS, None],
+                     "description": "a caption file instead of audio; not with stream"},
+    }
+
+
 def request_schemas(settings: Settings, registry: VoiceRegistry) -> dict[str, Schema]:
     tts = synthesis_fields(settings, registry, settings.text.max_text_chars)
     job = synthesis_fields(settings, registry, settings.jobs.max_text_chars)
@@ -120,9 +136,11 @@ def request_schemas(settings: Settings, registry: VoiceRegistry) -> dict[str, Sc
         "speed": tts["speed"],
         "stream_format": {"enum": list(STREAM_FORMATS), "default": "audio"},
         "instructions": {"type": ["string", "null"]},
+        **timing_fields(),
     }
     return {
-        "TTSRequest": obj({**tts, "stream": {"type": "boolean", "default": False}}, ("text",)),
+        "TTSRequest": obj({**tts, "stream": {"type": "boolean", "default": False},
+                           **timing_fields()}, ("text",)),
         "JobRequest": obj(job, ("text",)),
         "SpeechRequest": obj(speech, ("model", "voice", "input")),
     }
@@ -146,6 +164,19 @@ def job_schema() -> Schema:
     }, ("job_id", "status", "status_url", "progress", "attempts"))
 
 
+def timed_audio_schema() -> Schema:
+    word = obj({"text": {"type": "string"}, "start_char": {"type": "integer"},
+                "end_char": {"type": "integer"}, "start_s": {"type": "number"},
+                "end_s": {"type": "number"}},
+               ("text", "start_char", "end_char", "start_s", "end_s"))
+    return obj({"audio": {"type": "string", "contentEncoding": "base64"},
+                "format": {"type": "string"}, "content_type": {"type": "string"},
+                "sample_rate": {"type": "integer"}, "duration_s": {"type": "number"},
+                "voice": {"type": "string"}, "timings": {"enum": ["engine", "estimated"]},
+                "words": {"type": "array", "items": word}},
+               ("audio", "format", "sample_rate", "duration_s", "words"))
+
+
 def response_schemas() -> dict[str, Schema]:
     voice = obj({"name": {"type": "string"}, "language": {"type": "string"},
                  "sample_rate": {"type": "integer"}, "engine": {"type": "string"}},
@@ -157,6 +188,7 @@ def response_schemas() -> dict[str, Schema]:
                  "breakers": {"type": "object"}, "degradation_level": {"type": "integer"}},
                 ("status", "degraded", "pools", "breakers", "degradation_level"))
     return {
+        "TimedAudio": timed_audio_schema(),
         "Job": job_schema(),
         "JobList": obj({"jobs": {"type": "array", "items": ref("Job")}}, ("jobs",)),
         "Voices": obj({"default": {"type": "string"}, "voices": {"type": "array", "items": voice},
@@ -196,13 +228,18 @@ def tts_operation(settings: Settings) -> Schema:
     deadline = {"name": "X-Deadline-Ms", "in": "header", "required": False,
                 "schema": {"type": "number", "exclusiveMinimum": 0}}
     return operation("synthesize", "Synthesize speech", {
-        "200": ok("The audio (chunked when streamed)", audio_content(content_types)),
+        "200": ok("The audio (chunked when streamed); with timestamps JSON or NDJSON; with "
+                  "captions a caption file", audio_content(content_types, timed=True)),
         **error_responses((*BODY, *GATEWAY, 422, 503)),
     }, requestBody=body, parameters=[deadline], **{"x-error-cases": [
         {"body": {"text": ""}, "status": 400, "code": "empty_text"},
         {"body": {"text": "hi", "format": ["wav"]}, "status": 400, "code": "invalid_format"},
         {"body": {"text": "hi", "voice": "nobody"}, "status": 400, "code": "unknown_voice"},
         {"body": {"text": "hi", "speed": 99}, "status": 422, "code": "invalid_speed"},
+        {"body": {"text": "hi", "timestamps": "all"}, "status": 400,
+         "code": "invalid_timestamps"},
+        {"body": {"text": "hi", "captions": "vtt", "stream": True}, "status": 400,
+         "code": "invalid_captions"},
         {"body": {"text": "x"}, "repeat": limit + 1, "status": 413, "code": "text_too_long"},
         {"raw": "[", "repeat": 10_000, "status": 400, "code": "invalid_json"},
         {"raw": "text=hi", "content_type": "text/plain", "status": 415,
@@ -218,8 +255,9 @@ def speech_operation(settings: Settings) -> Schema:
                     "stream_format": "sse"},
     })}
     return operation("createSpeech", "OpenAI-compatible speech", {
-        "200": ok("The audio, or speech.audio.delta events with stream_format sse",
-                  audio_content(content_types, sse=True)),
+        "200": ok("The audio, or speech.audio.delta events with stream_format sse "
+                  "(and speech.words with timestamps)",
+                  audio_content(content_types, sse=True, timed=True)),
         **error_responses((*BODY, *GATEWAY, 422, 503), "OpenAIError"),
     }, requestBody=body, **{"x-error-cases": [
         {"body": {"model": "nope", "voice": "alloy", "input": "hi"}, "status": 400,
@@ -277,8 +315,16 @@ def job_operations(settings: Settings) -> dict[str, Schema]:
         **error_responses((*GATEWAY, 404, 409, 410, 416, 503)),
     }, parameters=[*job_id, {"name": "Range", "in": "header", "required": False,
                              "schema": {"type": "string"}}], **{"x-error-cases": [unknown]})
+    captions = operation("getJobCaptions", "Its captions once done (SRT or WebVTT)", {
+        "200": ok("The caption file", {t: {"schema": {"type": "string"}}
+                                       for t in CAPTION_TYPES.values()}),
+        **error_responses((400, *GATEWAY, 404, 409, 503)),
+    }, parameters=[*job_id, {"name": "format", "in": "query", "required": False,
+                             "schema": {"enum": list(CAPTION_FORMATS), "default": "vtt"}}],
+        **{"x-error-cases": [unknown]})
     return {JOBS: {"post": submit, "get": listing}, JOBS + "/{job_id}": {"get": get_job,
-            "delete": cancel}, JOBS + "/{job_id}/audio": {"get": audio}}
+            "delete": cancel}, JOBS + "/{job_id}/audio": {"get": audio},
+            JOBS + "/{job_id}/captions": {"get": captions}}
 
 
 def simple_get(op_id: str, summary: str, schema: str, errors: tuple[int, ...] = GATEWAY) -> Schema:

@@ -4,6 +4,7 @@
   GET    /api/tts/jobs             the caller's jobs, newest first
   GET    /api/tts/jobs/{id}        status and progress
   GET    /api/tts/jobs/{id}/audio  the audio once done (409 before); Range requests
+  GET    /api/tts/jobs/{id}/captions?format=vtt|srt  its captions once done (409 before)
   DELETE /api/tts/jobs/{id}        cancel
 
 A job is visible only to the identity that created it (token name, or the anonymous
@@ -32,10 +33,12 @@ from tts_server.errors import (
 )
 from tts_server.http.bodies import decode_json, read_body
 from tts_server.http.connections import ROUTE_OPTIONS
+from tts_server.jobs.captions import job_captions as build_captions
 from tts_server.jobs.models import Job, JobSpec, Status
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
 from tts_server.jobs.submission import idempotency_key_hash, parse_submission
+from tts_server.speech.timings import CAPTION_FORMATS, CAPTION_TYPES
 
 BASE_PATH = "/api/tts/jobs"
 READ_BYTES = 1 << 20
@@ -220,6 +223,28 @@ async def job_audio(request: web.Request) -> web.StreamResponse:
     return await _send(request, store, job.id, span, 206 if wanted else 200, headers)
 
 
+@store_errors
+async def job_captions(request: web.Request) -> web.Response:
+    """The job's captions (SRT or WebVTT) from its sentences' word timings."""
+    _, store = _runtime(request)
+    caption_format = request.query.get("format", "vtt")
+    if caption_format not in CAPTION_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(CAPTION_FORMATS)}",
+                         code="invalid_captions", param="format")
+    job = await _owned(store, request.match_info["job_id"], _owner(request))
+    if job.status.value != "done":
+        raise Conflict(f"job {job.id} is {job.status.value}; its captions exist once it is "
+                       "done", code="job_not_done")
+    units = await store.units(job.id)
+    text = build_captions(units, await store.unit_words(job.id), job.sample_rate,
+                          caption_format)
+    headers = {
+        "Content-Type": f"{CAPTION_TYPES[caption_format]}; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{job.id}.{caption_format}"',
+    }
+    return web.Response(body=text.encode(), headers=headers)
+
+
 def _audio_headers(job: Job, etag: str) -> dict[str, str]:
     fmt = get_format(job.audio_format)
     return {
@@ -252,3 +277,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(BASE_PATH + "/{job_id}", job_status, **ROUTE_OPTIONS)
     app.router.add_delete(BASE_PATH + "/{job_id}", cancel_job, **ROUTE_OPTIONS)
     app.router.add_get(BASE_PATH + "/{job_id}/audio", job_audio, **ROUTE_OPTIONS)
+    app.router.add_get(BASE_PATH + "/{job_id}/captions", job_captions, **ROUTE_OPTIONS)

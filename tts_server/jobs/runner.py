@@ -32,6 +32,7 @@ from typing import Any
 from tts_server.config import JobSettings
 from tts_server.encoding.formats import get_format
 from tts_server.errors import ServiceUnavailable, Unprocessable
+from tts_server.jobs.captions import encode_unit_words
 from tts_server.jobs.models import Status
 from tts_server.jobs.result import MissingAudio, write_result
 from tts_server.jobs.stores.base import Claim, JobStore, Lease, StoreUnavailable
@@ -291,7 +292,7 @@ class JobRunner:
         return SynthesisRequest(text="", units=tuple(claim.units), voice=voice, speed=job.speed,
                                 speaker_id=job.speaker_id,
                                 audio_format=get_format(job.audio_format),
-                                stream=False)
+                                stream=False, timestamps=True)  # for the job's captions
 
     async def _synthesize(self, running: RunningJob) -> Lease:
         claim = running.claim
@@ -325,8 +326,9 @@ class JobRunner:
         stream = self.synthesizer.stream(batch, SynthesisTrace(), JOB_PRIORITY)
         async with contextlib.aclosing(stream) as pcm_chunks:  # type: ignore[type-var]
             position = 0
-            async for pcm in pcm_chunks:
-                lease = await self.store.store_unit(claim, indices[position], pcm)
+            async for unit in pcm_chunks:
+                words = encode_unit_words(len(unit.pcm) // 2, unit.words)
+                lease = await self.store.store_unit(claim, indices[position], unit.pcm, words)
                 position += 1
                 if lease is not Lease.OK:
                     return lease

@@ -14,6 +14,7 @@ from tts_server.config import Settings
 from tts_server.encoding.formats import AudioFormat, get_format
 from tts_server.errors import BadRequest, PayloadTooLarge, TTSError, Unprocessable
 from tts_server.speech.text import normalize, split_units
+from tts_server.speech.timings import CAPTION_FORMATS
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 # /api/tts "format" -> encoding format; our "pcm" stays at the voice's own rate.
@@ -32,6 +33,12 @@ class SynthesisRequest:
     speaker_id: int | None
     audio_format: AudioFormat
     stream: bool
+    # Word timings asked for: the units are synthesized with them (speech/timings.py).
+    timestamps: bool = False
+    # The text exactly as the client sent it (kept when timings are asked: they index it).
+    source_text: str = ""
+    # A caption file ("srt" or "vtt") instead of audio; implies timestamps.
+    captions: str | None = None
 
 
 def clean_text(text: Any, field: str, limit: int) -> str:
@@ -73,10 +80,42 @@ def check_speed(speed: Any, settings: Settings, error: type[TTSError] = Unproces
     return float(speed)
 
 
+@dataclass(frozen=True)
+class Timings:
+    """What a body asked for besides the audio: word timings, or a caption file."""
+
+    words: bool = False
+    captions: str | None = None
+
+
+def parse_timings(body: dict[str, Any], stream: bool) -> Timings:
+    """"timestamps": "words" (or true) and "captions": "srt" | "vtt"; 400 on anything else."""
+    timestamps = body.get("timestamps")
+    if timestamps in (None, False, "none"):
+        words = False
+    elif timestamps in (True, "words"):
+        words = True
+    else:
+        raise BadRequest('timestamps must be "words" or "none"', code="invalid_timestamps",
+                         param="timestamps")
+    captions = body.get("captions")
+    if captions is None:
+        return Timings(words)
+    if not isinstance(captions, str) or captions not in CAPTION_FORMATS:
+        raise BadRequest(f"captions must be one of {', '.join(CAPTION_FORMATS)}",
+                         code="invalid_captions", param="captions")
+    if stream:
+        raise BadRequest("captions are one file: ask for timestamps to get them with a "
+                         "stream", code="invalid_captions", param="captions")
+    return Timings(True, captions)
+
+
 def build_request(
     text: str, voice: VoiceInfo, speed: float, speaker: Any, audio_format: AudioFormat,
     stream: bool,
     settings: Settings,
+    timings: Timings = Timings(),
+    source_text: str = "",
 ) -> SynthesisRequest:
     return SynthesisRequest(
         text=text,
@@ -86,6 +125,9 @@ def build_request(
         speaker_id=voice.resolve_speaker(speaker),
         audio_format=audio_format,
         stream=stream,
+        timestamps=timings.words,
+        source_text=source_text if timings.words else "",
+        captions=timings.captions,
     )
 
 
@@ -105,4 +147,4 @@ def parse_tts_request(
     speed = check_speed(body.get("speed", 1.0), settings)
     return build_request(text, voice, speed, body.get("speaker"),
                          get_format(API_FORMATS[audio_format]),
-                         stream, settings)
+                         stream, settings, parse_timings(body, stream), body["text"])

@@ -38,11 +38,13 @@ from inference.pool import (
     UnitResult,
     WorkerCrashed,
 )
+from inference.timing import WordTiming
 from tts_server.batching.pool import BatchingPool
 from tts_server.errors import ServiceUnavailable, Unprocessable
 from tts_server.resilience.breaker import CircuitBreaker
 from tts_server.resilience.state import Level
 from tts_server.speech.request import SynthesisRequest
+from tts_server.speech.timings import estimated_words
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
@@ -125,6 +127,8 @@ class SynthesisTrace:
     engine: str | None = None
     # Some unit came from the fallback engine: the result is not cached as the voice's.
     degraded: bool = False
+    # Some unit's word timings are estimates (its engine gives none: a remote one).
+    estimated_timings: bool = False
 
     def add(self, result: UnitResult, engine: str) -> None:
         if self.first_audio_ms is None:
@@ -133,6 +137,15 @@ class SynthesisTrace:
             self.engine = engine
         self.synthesis_ms += result.synthesis_ms
         self.audio_bytes += len(result.pcm)
+
+
+@dataclass(frozen=True)
+class UnitAudio:
+    """One unit's audio at the voice's rate and, when the request asked, its words
+    (in the unit's text and audio: inference/timing.WordTiming)."""
+
+    pcm: bytes
+    words: tuple[WordTiming, ...] = ()
 
 
 @dataclass(eq=False)
@@ -256,7 +269,7 @@ class Synthesizer:
         return [
             protocol.SynthesizeUnit(work_id=0, voice=voice.name, text=text, speed=request.speed,
                                     speaker_id=request.speaker_id if voice is request.voice
-                                    else None)
+                                    else None, timings=request.timestamps)
             for text in texts
         ]
 
@@ -326,8 +339,8 @@ class Synthesizer:
 
     async def stream(
         self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1
-    ) -> AsyncIterator[bytes]:
-        """Yield each unit's PCM in order; leftover units are cancelled on any exit."""
+    ) -> AsyncIterator[UnitAudio]:
+        """Yield each unit's audio in order; leftover units are cancelled on any exit."""
         deadline = time.monotonic() + self.request_timeout_s
         # Its admission's reservation ends as its units are queued (no await between).
         admitted = self._unreserve(request)
@@ -358,9 +371,7 @@ class Synthesizer:
                 if self.on_unit is not None:
                     self.on_unit(engine, result.queue_ms, result.synthesis_ms,
                                  len(result.pcm) // 2, result.sample_rate, len(text))
-                pcm = self._at_rate(result, request.voice.sample_rate)
-                gap_s = unit_gap_s(engine, text)
-                yield pcm + silence(gap_s, request.voice.sample_rate) if gap_s else pcm
+                yield self._unit_audio(request, text, result, trace, engine)
         finally:
             for future in futures:
                 future.cancel()
@@ -378,6 +389,26 @@ class Synthesizer:
         except (EngineFailure, PoolUnavailable):
             raise ServiceUnavailable("both engines failed", code="engine_unavailable",
                                      retry_after_s=self.retry_after_s) from None
+
+    def _unit_audio(self, request: SynthesisRequest, text: str, result: UnitResult,
+                    trace: SynthesisTrace, engine: str) -> UnitAudio:
+        """The unit's audio at the voice's rate, with the pause owed after it (unit_gap_s:
+        after its words, so their times are untouched) and its words when asked."""
+        rate = request.voice.sample_rate
+        pcm = self._at_rate(result, rate)
+        gap_s = unit_gap_s(engine, text)
+        gap = silence(gap_s, rate) if gap_s else b""
+        if not request.timestamps:
+            return UnitAudio(pcm + gap)
+        words = result.words
+        if words and result.sample_rate != rate:  # a fallback's audio was resampled
+            ratio = rate / result.sample_rate
+            words = tuple(w._replace(start_sample=round(w.start_sample * ratio),
+                                     end_sample=round(w.end_sample * ratio)) for w in words)
+        elif not words:
+            words = estimated_words(text, len(pcm) // 2)
+            trace.estimated_timings = trace.estimated_timings or bool(words)
+        return UnitAudio(pcm + gap, words)
 
     @staticmethod
     def _at_rate(result: UnitResult, sample_rate: int) -> bytes:

@@ -32,8 +32,8 @@ _LEAD_CLAUSE_END = re.compile(
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr jr vs etc e.g i.e no approx dept est fig inc ltd co corp".split()
 )
-_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
-_WHITESPACE_RUN = re.compile(r"[^\S\n]+")
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+WHITESPACE_RUN = re.compile(r"[^\S\n]+")
 
 
 def normalize(text: str) -> str:
@@ -41,9 +41,9 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
     text = "".join(
-        ch for ch in text if ch == "\n" or unicodedata.category(ch) not in _CONTROL_CATEGORIES
+        ch for ch in text if ch == "\n" or unicodedata.category(ch) not in CONTROL_CATEGORIES
     )
-    text = _WHITESPACE_RUN.sub(" ", text)
+    text = WHITESPACE_RUN.sub(" ", text)
     return "\n".join(line.strip() for line in text.split("\n")).strip()
 
 

@@ -1,7 +1,19 @@
 // The tts-server web page. Plain JavaScript, no build step. User text and anything the
 // server sends are only ever set through textContent or attributes, never as HTML.
 
-import { Envelope, PcmStreamPlayer, pcmToFloats, wavBlob } from "./audio.js";
+import {
+  Envelope,
+  PcmStreamPlayer,
+  base64Bytes,
+  captionCues,
+  cleanWords,
+  ndjsonEvents,
+  pcmToFloats,
+  toVtt,
+  utf16Offsets,
+  wavBlob,
+  wordPosition,
+} from "./audio.js";
 import { pickLanguage, translate } from "./i18n.js";
 
 const STATUS_POLL_MS = 5000;
@@ -10,7 +22,20 @@ const EXCERPT_CHARS = 90;
 const TOKEN_KEY = "tts.token"; // sessionStorage: this tab only
 const LANG_KEY = "tts.lang"; // localStorage
 const PREFS_KEY = "tts.prefs"; // localStorage: voice, speed, format, stream (never text)
-const EXTENSIONS = { wav: "wav", pcm: "pcm", mp3: "mp3", opus: "opus", aac: "aac", flac: "flac" };
+const EXTENSIONS = {
+  wav: "wav",
+  pcm: "pcm",
+  mp3: "mp3",
+  opus: "opus",
+  aac: "aac",
+  flac: "flac",
+  vtt: "vtt",
+};
+// The answers that carry word timings ("timestamps": "words"): a stream of NDJSON events,
+// or one JSON body with the audio in base64. Anything else is plain audio (a server
+// without timings), played as before.
+const NDJSON_TYPE = "application/x-ndjson";
+const JSON_TYPE = "application/json";
 const MIME_TYPES = {
   wav: "audio/wav",
   mp3: "audio/mpeg",
@@ -59,6 +84,8 @@ const els = {
   metricVoice: $("m-voice"),
   metricServer: $("m-server"),
   download: $("download"),
+  subtitles: $("subtitles"),
+  timingsNote: $("timings-note"),
   history: $("history"),
   historyEmpty: $("history-empty"),
   historyClear: $("history-clear"),
@@ -536,6 +563,7 @@ function setPlayback(value) {
   els.result.dataset.playback = value;
   renderButtons();
   waveform.changed();
+  highlight.changed();
 }
 
 // ---- synthesis ------------------------------------------------------------------------------
@@ -584,6 +612,8 @@ async function synthesize() {
     timings: {},
     envelope: null,
     receiving: false,
+    words: [], // word timings, in order of time (cleanWords)
+    wordTimings: "", // "engine" or "estimated": where the server's timings came from
     date: new Date(),
   };
   state.job = job;
@@ -592,13 +622,17 @@ async function synthesize() {
   renderResult();
   setStatus("status_sending");
 
-  const body = { text, speed: Number(els.speed.value), format, stream };
+  const body = { text, speed: Number(els.speed.value), format, stream, timestamps: "words" };
   if (els.voice.value) body.voice = els.voice.value;
   try {
     const response = await fetch("/api/tts", {
       method: "POST",
       cache: "no-store",
-      headers: { "Content-Type": "application/json", Accept: "audio/*", ...authHeaders() },
+      headers: {
+        "Content-Type": "application/json",
+        Accept: `${NDJSON_TYPE}, ${JSON_TYPE}, audio/*`,
+        ...authHeaders(),
+      },
       body: JSON.stringify(body),
       signal: job.controller.signal,
     });
@@ -611,8 +645,13 @@ async function synthesize() {
     }
     readHeaders(job, response);
     renderResult();
-    if (stream) await playStream(job, response, context, voice);
-    else await playWhole(job, response, context);
+    if (job.contentType === NDJSON_TYPE) {
+      await playStream(job, timedChunks(job, response.body.getReader()), context, voice);
+    } else if (stream) {
+      await playStream(job, bodyChunks(response.body.getReader()), context, voice);
+    } else {
+      await playWhole(job, response, context);
+    }
     if (!state.voicesLoaded) loadVoices();
   } catch (error) {
     if (error?.name === "AbortError") {
@@ -653,7 +692,41 @@ function readHeaders(job, response) {
   job.contentType = (headers.get("Content-Type") || "").split(";")[0].trim();
 }
 
-async function playStream(job, response, context, voice) {
+/** A plain streamed body: its chunks of raw PCM as they arrive. */
+async function* bodyChunks(reader) {
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    yield value;
+  }
+}
+
+/** A streamed NDJSON body: the PCM of its audio events; words and done update the job. */
+async function* timedChunks(job, reader) {
+  for await (const event of ndjsonEvents(reader)) {
+    if (event?.type === "audio" && typeof event.audio === "string") {
+      yield base64Bytes(event.audio);
+    } else if (event?.type === "words") {
+      addWords(job, event.words);
+    } else if (event?.type === "done") {
+      job.wordTimings = String(event.timings || "");
+      return;
+    } else if (event?.type === "error") {
+      throw new Error(String(event.error?.message || "stream error"));
+    }
+  }
+  throw new TypeError("the stream ended before its done event");
+}
+
+function addWords(job, words) {
+  const found = cleanWords(words);
+  if (found.length === 0) return;
+  job.words.push(...found);
+  job.words.sort((a, b) => a.start_s - b.start_s || a.start_char - b.start_char);
+  if (state.current === job) renderResult();
+}
+
+async function playStream(job, chunks, context, voice) {
   const sampleRate = Math.round(job.sampleRate || voice?.sample_rate || context.sampleRate);
   const player = new PcmStreamPlayer(context, sampleRate);
   job.player = player;
@@ -661,11 +734,8 @@ async function playStream(job, response, context, voice) {
   state.live = player;
   setPlayback("playing");
   setStatus("status_streaming");
-  const reader = response.body.getReader();
   job.receiving = true;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
+  for await (const value of chunks) {
     const floats = player.push(value);
     if (floats) {
       if (job.firstMs === null) {
@@ -696,13 +766,29 @@ async function playStream(job, response, context, voice) {
   });
 }
 
+/** A JSON answer with word timings: its audio (base64) as bytes; the rest updates the job. */
+async function timedAudio(job, response) {
+  const body = await response.json();
+  if (typeof body?.audio !== "string") throw new TypeError("no audio in the answer");
+  job.contentType = String(body.content_type || MIME_TYPES[job.format] || "");
+  job.sampleRate = positiveNumber(body.sample_rate) ?? job.sampleRate;
+  job.duration = positiveNumber(body.duration_s) ?? job.duration;
+  job.wordTimings = String(body.timings || "");
+  addWords(job, body.words);
+  return base64Bytes(body.audio);
+}
+
 async function playWhole(job, response, context) {
   setStatus("status_waiting");
   job.receiving = true;
-  const data = await response.arrayBuffer();
+  const bytes =
+    job.contentType === JSON_TYPE
+      ? await timedAudio(job, response)
+      : new Uint8Array(await response.arrayBuffer());
   job.receiving = false;
   job.firstMs = job.totalMs = performance.now() - job.started;
-  const bytes = new Uint8Array(data);
+  // For the waveform: decodeAudioData detaches the buffer it is given, so it gets a copy.
+  const data = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
   let replay;
   let download;
   if (job.format === "pcm") {
@@ -786,6 +872,7 @@ function remember(job, replayBlob, downloadBlob, format) {
     downloadUrl,
     downloadFormat: format,
     fileName: fileName(job.voice, format, job.date),
+    subtitlesName: fileName(job.voice, "vtt", job.date),
   };
   state.history.unshift(entry);
   while (state.history.length > HISTORY_LIMIT) forget(state.history[state.history.length - 1]);
@@ -840,7 +927,7 @@ function renderResult() {
     if (!els.player.paused) els.player.pause(); // (a live stream keeps playing)
     els.player.src = view.replayUrl;
   }
-  els.resultText.textContent = excerpt(view.text);
+  renderTranscript(view);
   renderMetrics();
   const ready = Boolean(view.downloadUrl);
   els.download.hidden = !ready;
@@ -851,8 +938,58 @@ function renderResult() {
   } else {
     els.download.removeAttribute("href");
   }
+  renderSubtitles(view, ready);
   els.player.hidden = !ready;
   waveform.show(view);
+}
+
+/** Subtitles once the audio is complete and has words; a note when they are estimated. */
+function renderSubtitles(view, ready) {
+  const words = ready && view.words?.length > 0;
+  els.subtitles.disabled = !words;
+  if (words) {
+    els.subtitles.setAttribute("aria-label", t("subtitles_label", { file: view.subtitlesName }));
+  } else {
+    els.subtitles.removeAttribute("aria-label");
+  }
+  els.timingsNote.textContent =
+    view.words?.length && view.wordTimings === "estimated" ? t("timings_estimated") : "";
+}
+
+/** The typed text as it was sent, each timed word in a span the highlight can mark. Built
+ * again only when the words change (a stream adds them sentence by sentence). */
+function renderTranscript(view) {
+  const words = view.words || [];
+  const key = `${view.id}:${words.length}`;
+  if (els.resultText.dataset.key === key) return;
+  els.resultText.dataset.key = key;
+  const text = view.text;
+  const spans = new Array(words.length).fill(null);
+  const nodes = [];
+  if (words.length > 0) {
+    const offsets = utf16Offsets(text);
+    const last = offsets.length - 1;
+    const byPlace = words.map((_, i) => i);
+    byPlace.sort((a, b) => words[a].start_char - words[b].start_char);
+    let at = 0;
+    for (const index of byPlace) {
+      const start = offsets[Math.min(words[index].start_char, last)];
+      const end = offsets[Math.min(words[index].end_char, last)];
+      if (start < at || end <= start) continue; // overlaps the word before: left unmarked
+      if (start > at) nodes.push(text.slice(at, start));
+      const span = document.createElement("span");
+      span.className = "word";
+      span.textContent = text.slice(start, end);
+      nodes.push(span);
+      spans[index] = span;
+      at = end;
+    }
+    if (at < text.length) nodes.push(text.slice(at));
+  } else {
+    nodes.push(text);
+  }
+  els.resultText.replaceChildren(...nodes);
+  highlight.bind(words, spans);
 }
 
 function renderMetrics() {
@@ -1028,6 +1165,90 @@ const waveform = {
   },
 };
 
+// ---- the word being spoken ----------------------------------------------------------------
+
+/** Where the audio on display is, in seconds, or null when nothing of it is playing. */
+function playbackTime() {
+  const view = state.current;
+  const playback = els.result.dataset.playback;
+  if (!view || playback === "ended" || playback === "idle") return null;
+  if (state.live && view.player === state.live) {
+    return state.live.playedSamples() / state.live.sampleRate;
+  }
+  if (view.replayUrl && els.player.src === view.replayUrl) return els.player.currentTime;
+  return null;
+}
+
+/** Marks the word at the playback time (class "current") and the words already heard
+ * ("spoken"), every animation frame while audio plays and on every seek or pause. */
+const highlight = {
+  words: [],
+  spans: [],
+  current: -1,
+  spoken: 0,
+  frame: 0,
+
+  bind(words, spans) {
+    this.words = words;
+    this.spans = spans;
+    this.current = -1;
+    this.spoken = 0;
+    this.changed();
+  },
+
+  changed() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.tick());
+  },
+
+  tick() {
+    this.frame = 0;
+    const time = playbackTime();
+    this.show(time === null ? { current: -1, spoken: 0 } : wordPosition(this.words, time));
+    if (waveform.animating()) this.changed();
+  },
+
+  show({ current, spoken }) {
+    if (current !== this.current) {
+      this.spans[this.current]?.classList.remove("current");
+      const span = this.spans[current];
+      if (span) {
+        span.classList.add("current");
+        keepInView(span);
+      }
+      this.current = current;
+    }
+    if (spoken !== this.spoken) {
+      const from = Math.min(spoken, this.spoken);
+      const to = Math.max(spoken, this.spoken);
+      for (let i = from; i < to; i += 1) this.spans[i]?.classList.toggle("spoken", i < spoken);
+      this.spoken = spoken;
+    }
+  },
+};
+
+/** Scrolls the text box (only it, never the page) to a word out of its sight. */
+function keepInView(span) {
+  const box = els.resultText;
+  if (box.scrollHeight <= box.clientHeight) return;
+  const top = span.offsetTop;
+  if (top < box.scrollTop || top + span.offsetHeight > box.scrollTop + box.clientHeight) {
+    box.scrollTop = Math.max(0, top - box.clientHeight / 3);
+  }
+}
+
+/** A WebVTT file of the words on display, named like its audio. */
+function downloadSubtitles() {
+  const view = state.current;
+  if (!view?.words?.length) return;
+  const vtt = toVtt(captionCues(view.text, view.words));
+  const url = URL.createObjectURL(new Blob([vtt], { type: "text/vtt;charset=utf-8" }));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = view.subtitlesName || fileName(view.voice, "vtt", view.date);
+  link.click();
+  window.setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 // ---- wiring ---------------------------------------------------------------------------------
 
 function bindEvents() {
@@ -1085,7 +1306,19 @@ function bindEvents() {
     if (!els.player.ended && !state.live && !state.job) setPlayback("paused");
   });
   els.player.addEventListener("ended", () => setPlayback("ended"));
-  els.player.addEventListener("seeked", () => waveform.changed());
+  els.player.addEventListener("seeked", () => {
+    // Moved back into audio that had ended (or never started): it is paused there now.
+    const playback = els.result.dataset.playback;
+    const shown = state.current?.replayUrl && els.player.src === state.current.replayUrl;
+    const moved = (playback === "ended" || playback === "idle") && !els.player.ended;
+    if (moved && shown && !state.live && !state.job) {
+      setPlayback(els.player.paused ? "paused" : "playing");
+    }
+    waveform.changed();
+    highlight.changed();
+  });
+  els.player.addEventListener("timeupdate", () => highlight.changed());
+  els.subtitles.addEventListener("click", downloadSubtitles);
   new ResizeObserver(() => waveform.changed()).observe(els.wave);
 }
 

@@ -1,5 +1,6 @@
 // Audio helpers: raw 16-bit PCM played through Web Audio as it arrives, WAV files built
-// from PCM, and a small level envelope for drawing the waveform.
+// from PCM, a small level envelope for drawing the waveform, and the audio's word timings
+// (the server's NDJSON events, the word at a moment, WebVTT captions).
 
 const LEAD_S = 0.04; // first buffer (and any buffer after an underrun) starts this far ahead
 
@@ -196,4 +197,161 @@ export class PcmStreamPlayer {
   #settle() {
     if (this.closed && !this.stopped && this.sources.size === 0) this.resolveDone(true);
   }
+}
+
+// ---- word timings ---------------------------------------------------------------------------
+// The server's words are {text, start_char, end_char, start_s, end_s}: offsets in Unicode
+// code points of the exact text sent, times in seconds of the audio, in order of time.
+
+/** Base64 -> bytes. */
+export function base64Bytes(text) {
+  if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(text);
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** The objects of an application/x-ndjson body, one a line, as they arrive. */
+export async function* ndjsonEvents(reader) {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    pending += done ? decoder.decode() : decoder.decode(value, { stream: true });
+    const lines = pending.split("\n");
+    pending = done ? "" : lines.pop();
+    for (const line of lines) if (line.trim()) yield JSON.parse(line);
+    if (done) return;
+  }
+}
+
+/** For each code point index of `text` (and its end), the UTF-16 index JavaScript uses:
+ * an emoji or a rare Han character is one code point but two UTF-16 units. */
+export function utf16Offsets(text) {
+  const offsets = [];
+  let unit = 0;
+  for (const ch of text) {
+    offsets.push(unit);
+    unit += ch.length;
+  }
+  offsets.push(unit);
+  return offsets;
+}
+
+/** Only well-formed words: numbers where numbers belong, in order of time. */
+export function cleanWords(words) {
+  if (!Array.isArray(words)) return [];
+  const ok = (w) =>
+    w !== null &&
+    typeof w === "object" &&
+    Number.isInteger(w.start_char) &&
+    Number.isInteger(w.end_char) &&
+    w.start_char >= 0 &&
+    w.end_char > w.start_char &&
+    Number.isFinite(w.start_s) &&
+    Number.isFinite(w.end_s);
+  return words.filter(ok).map((w) => ({
+    text: String(w.text ?? ""),
+    start_char: w.start_char,
+    end_char: w.end_char,
+    start_s: w.start_s,
+    end_s: Math.max(w.start_s, w.end_s),
+  }));
+}
+
+/**
+ * Where `time` falls among words sorted by start: `current` is the index of the word whose
+ * [start_s, end_s) holds it (-1 in a pause between words), `spoken` how many words lie
+ * wholly before it.
+ */
+export function wordPosition(words, time) {
+  let low = 0;
+  let high = words.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (words[middle].start_s <= time) low = middle + 1;
+    else high = middle;
+  }
+  // words[0, low) have started by `time`
+  const last = low - 1;
+  if (last >= 0 && time < words[last].end_s) return { current: last, spoken: last };
+  return { current: -1, spoken: low };
+}
+
+// Cues as the server's own captions make them (tts_server/speech/timings.py): a cue ends at
+// a sentence end; a run that would pass this much text or time is cut after its last clause
+// mark (a comma), if it has one, else where it is.
+const CUE_MAX_CHARS = 84;
+const CUE_MAX_S = 6.0;
+const CUE_END = /[.!?…。！？；;][^\p{L}\p{N}_]*$/u;
+const CLAUSE_END = /[,:，、：—][^\p{L}\p{N}_]*$/u;
+const PUNCTUATION = /^\p{P}$/u;
+
+/** Caption cues {start_s, end_s, text}: runs of words in the typed text's own words,
+ * punctuation included, lines folded. */
+export function captionCues(text, words) {
+  const chars = Array.from(text);
+  const textEnd = (end) => {
+    let at = end;
+    while (at < chars.length && PUNCTUATION.test(chars[at])) at += 1;
+    return at;
+  };
+  // The word with the punctuation right after it ("world!", "好。").
+  const trailing = (word) => chars.slice(word.start_char, textEnd(word.end_char)).join("");
+  const cues = [];
+  const emit = (run) => {
+    const first = run[0];
+    const last = run[run.length - 1];
+    const cueText = chars.slice(first.start_char, textEnd(last.end_char)).join("");
+    cues.push({
+      start_s: first.start_s,
+      end_s: Math.max(last.end_s, first.start_s),
+      text: cueText.split(/\s+/).filter(Boolean).join(" "),
+    });
+  };
+  // How many words of the run go into a cut cue: through the last one before a clause mark.
+  const lastClauseEnd = (run) => {
+    for (let index = run.length - 1; index > 0; index -= 1) {
+      if (CLAUSE_END.test(trailing(run[index - 1]))) return index;
+    }
+    return run.length;
+  };
+  let group = [];
+  for (const word of words) {
+    const full =
+      group.length > 0 &&
+      (word.end_char - group[0].start_char > CUE_MAX_CHARS ||
+        word.end_s - group[0].start_s > CUE_MAX_S);
+    if (full) {
+      const cut = lastClauseEnd(group);
+      emit(group.slice(0, cut));
+      group = group.slice(cut);
+    }
+    group.push(word);
+    if (CUE_END.test(trailing(word))) {
+      emit(group);
+      group = [];
+    }
+  }
+  if (group.length > 0) emit(group);
+  return cues;
+}
+
+function vttClock(seconds) {
+  const millis = Math.round(seconds * 1000);
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  const hours = Math.floor(millis / 3_600_000);
+  const minutes = Math.floor(millis / 60_000) % 60;
+  const secs = Math.floor(millis / 1000) % 60;
+  return `${pad(hours)}:${pad(minutes)}:${pad(secs)}.${pad(millis % 1000, 3)}`;
+}
+
+/** A WebVTT file; cue text has & and < escaped (they start entities and tags), no "-->". */
+export function toVtt(cues) {
+  const body = cues.map((cue) => {
+    const text = cue.text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll("-->", "->");
+    return `${vttClock(cue.start_s)} --> ${vttClock(cue.end_s)}\n${text}\n`;
+  });
+  return `WEBVTT\n\n${body.join("\n")}`;
 }

@@ -700,3 +700,44 @@ async def test_jobs_pause_while_the_degradation_ladder_is_up(memory_server, sess
     done = (await alice.wait([job_id], timeout_s=30))[job_id]
     assert done["status"] == "done"
     assert readyz(server)["degradation_level"] == 0
+
+
+# ---- captions -------------------------------------------------------------------------------
+
+
+async def test_a_done_job_has_captions_beside_its_audio(jobs_server, session):
+    alice = Client(session, jobs_server.url, "alice")
+    text = "First sentence of the chapter. In 2024 the price was $5.50! Last one, here."
+    job_id = await alice.created({"text": text})
+    status, _, body = await alice.call("GET", f"/api/tts/jobs/{job_id}/captions")
+    if status != 409:  # it may already be done
+        assert status == 200, body
+    docs = await alice.wait([job_id])
+    assert docs[job_id]["status"] == "done"
+    status, headers, body = await alice.call("GET", f"/api/tts/jobs/{job_id}/captions?format=vtt")
+    assert status == 200, body
+    assert headers["Content-Type"] == "text/vtt; charset=utf-8"
+    vtt = body.decode()
+    assert vtt.startswith("WEBVTT\n\n")
+    cues = [block.split("\n") for block in vtt.split("\n\n")[1:] if block.strip()]
+    assert [cue[1] for cue in cues] == ["First sentence of the chapter.",
+                                        "In 2024 the price was $5.50!", "Last one, here."]
+    duration = docs[job_id]["progress"]["audio_seconds"]
+    ends = [cue[0].split(" --> ") for cue in cues]
+    seconds = [[_clock(a), _clock(b)] for a, b in ends]
+    assert all(a < b for a, b in seconds)
+    assert all(seconds[i][1] <= seconds[i + 1][0] for i in range(len(seconds) - 1))
+    assert seconds[-1][1] <= duration + 0.01 and seconds[-1][1] > 0.7 * duration
+    status, headers, body = await alice.call("GET", f"/api/tts/jobs/{job_id}/captions?format=srt")
+    assert status == 200 and headers["Content-Type"].startswith("application/x-subrip")
+    assert body.decode().startswith("1\n00:00:00,")
+    status, _, body = await alice.call("GET", f"/api/tts/jobs/{job_id}/captions?format=ass")
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_captions"
+    bob = Client(session, jobs_server.url, "bob")
+    status, _, _ = await bob.call("GET", f"/api/tts/jobs/{job_id}/captions")
+    assert status == 404  # someone else's job
+
+
+def _clock(value: str) -> float:
+    hours, minutes, seconds = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)

@@ -21,6 +21,7 @@ from tts_server.jobs.runner import JobRunner
 from tts_server.jobs.stores.base import Claim, Lease
 from tts_server.jobs.stores.memory import MemoryJobStore
 from tts_server.resilience.state import RunState
+from tts_server.speech.synthesizer import UnitAudio
 
 UNITS = 3
 PCM = b"\x01\x00" * 100
@@ -57,9 +58,10 @@ class YieldingStore(MemoryJobStore):
         return await self._around("done_units", lambda: super(YieldingStore, self).done_units(
             job_id))
 
-    async def store_unit(self, claim: Claim, index: int, pcm: bytes) -> Lease:
+    async def store_unit(self, claim: Claim, index: int, pcm: bytes, words: bytes = b""
+                         ) -> Lease:
         return await self._around("store_unit", lambda: super(YieldingStore, self).store_unit(
-            claim, index, pcm))
+            claim, index, pcm, words))
 
     async def unit_sizes(self, job_id: str, count: int) -> list[int]:
         return await self._around("unit_sizes", lambda: super(YieldingStore, self).unit_sizes(
@@ -92,14 +94,14 @@ class Synthesizer:
         # when the awaited unit completes in the same step as the cancel: the job goes on.
         self.swallow_cancel = swallow_cancel
 
-    async def stream(self, request: Any, trace: Any, priority: int) -> AsyncIterator[bytes]:
+    async def stream(self, request: Any, trace: Any, priority: int) -> AsyncIterator[UnitAudio]:
         for _ in request.units:
             try:
                 await asyncio.sleep(0.01)
             except asyncio.CancelledError:
                 if not self.swallow_cancel:
                     raise
-            yield PCM
+            yield UnitAudio(PCM)
 
 
 def make_runner(store: MemoryJobStore, settings: JobSettings,

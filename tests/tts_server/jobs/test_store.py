@@ -215,3 +215,26 @@ async def test_webhook_outbox(make_store: StoreFactory) -> None:
     assert await store.due_callbacks(lease_s=0.5, limit=10) == []
     job = await store.get("a")
     assert job is not None and (job.callback_status, job.callback_attempts) == ("delivered", 2)
+
+
+async def test_word_timings_outlive_the_sentences_of_a_done_job(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.submit("a", spec(units=2))
+    await store.submit("b", spec(units=1))
+    claim = await store.claim("token-1", "me")
+    assert claim is not None
+    assert await store.store_unit(claim, 0, b"\x01\x00" * 4, b"first") is Lease.OK
+    assert await store.store_unit(claim, 0, b"\x01\x00" * 4, b"again") is Lease.OK  # ignored
+    assert await store.store_unit(claim, 1, b"\x01\x00" * 4, b"second") is Lease.OK
+    assert await store.unit_words("a") == {0: b"first", 1: b"second"}
+    assert await store.finish(claim, Status.DONE) is Lease.OK
+    assert await store.done_units("a") == set()
+    assert await store.unit_words("a") == {0: b"first", 1: b"second"}
+    assert await store.units("a") == ["Sentence 0.", "Sentence 1."]
+    # A job that does not finish keeps none.
+    other = await store.claim("token-2", "me")
+    assert other is not None and other.job.id == "b"
+    assert await store.store_unit(other, 0, b"\x01\x00", b"x") is Lease.OK
+    assert await store.finish(other, Status.FAILED, "engine", "broken") is Lease.OK
+    assert await store.unit_words("b") == {}
+    assert await store.units("missing") == []

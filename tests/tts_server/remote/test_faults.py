@@ -4,6 +4,7 @@ each one sends the unit to the fallback voice, is counted, and is never cached."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -163,3 +164,32 @@ async def test_the_breaker_opens_on_failures_and_a_probe_closes_it(servers):
         assert (await get_json(front.url, "/readyz"))["breakers"]["ada"]["state"] == "closed"
     finally:
         await upstream.stop()
+
+
+async def test_timings_of_a_remote_voice_are_estimated_and_its_fallback_units_timed(front,
+                                                                                     upstream):
+    upstream.ok_first, upstream.mode = 1, "500"
+    text = ("The first sentence comes from the upstream with timings asked. The second one "
+            "fails there and goes local.")
+    status, headers, body = await tts(front, text, timestamps="words")
+    assert status == 200, body
+    assert headers["X-Timings"] == "estimated"  # the upstream gives none: spread by length
+    doc = json.loads(body)
+    words = doc["words"]
+    assert [w["text"] for w in words] == [w.strip(".") for w in text.split()]
+    assert all(text[w["start_char"]:w["end_char"]] == w["text"] for w in words)
+    starts = [w["start_s"] for w in words]
+    assert starts == sorted(starts) and words[-1]["end_s"] <= doc["duration_s"] + 1e-3
+    second = next(w for w in words if w["text"] == "second")
+    first_unit_end = max(w["end_s"] for w in words if w["start_char"] < second["start_char"])
+    assert second["start_s"] >= first_unit_end - 1e-3
+
+
+async def test_estimated_timings_stay_marked_as_estimated_when_cached(front, upstream):
+    text = "An upstream sentence whose estimated timings are cached."
+    for expected_cache in ("miss", "hit-l1"):
+        status, headers, body = await tts(front, text, timestamps="words")
+        assert status == 200, body
+        assert (headers["X-Cache"], headers["X-Timings"]) == (expected_cache, "estimated")
+        assert json.loads(body)["timings"] == "estimated"
+    assert len(upstream.calls) == 1

@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,12 @@ async def test_stuck_units_fail_over_and_open_then_close_the_breaker(running_ser
         assert (status, headers["X-Engine"]) == (200, "espeak")
         samples, rate, _ = decode_wav(body)
         assert plausible_duration(LONG_TEXT, len(samples) / rate)
+    # Word timings come from the fallback engine too (the breaker is open now).
+    status, headers, body = await post(server.url, {"text": "Quick one, two three.",
+                                                    "timestamps": "words"})
+    assert (status, headers["X-Engine"], headers["X-Timings"]) == (200, "espeak", "engine")
+    words = json.loads(body)["words"]
+    assert [w["text"] for w in words] == ["Quick", "one", "two", "three"]
     assert (await readyz(server.url))["breakers"]["joe"]["state"] == "open"
     started = time.monotonic()
     status, headers, _ = await post(server.url, {"text": "Quick one."})

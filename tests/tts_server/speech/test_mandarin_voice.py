@@ -362,3 +362,25 @@ def test_accepted_voice_is_keyed_by_the_model_hash_and_falls_back_to_espeak():
     assert on.route("male", "zh").name == "espeak-zh-male"
     assert on.remove_engine("fastspeech2") == [VOICE]
     assert on.route("female", "zh").name == "espeak-zh-female"
+
+
+async def test_word_timings_name_the_characters_and_numbers_as_written(zh_server):
+    text = "新闻播报：今天10:30，气温２５℃，涨幅15%。ＡＩ技术发展很快！"
+    status, headers, body = await post(zh_server.url, {"text": text, "timestamps": "words"})
+    assert status == 200 and headers["X-Engine"] == "fastspeech2"
+    doc = json.loads(body)
+    assert doc["sample_rate"] == 24000
+    heard = [w["text"] for w in doc["words"]]
+    assert heard[:6] == ["新", "闻", "播", "报", "今", "天"]
+    assert {"10:30", "２５", "℃", "15%", "ＡＩ"} <= set(heard)  # full-width kept as sent
+    for word in doc["words"]:
+        assert text[word["start_char"]:word["end_char"]] == word["text"]
+        assert 0 <= word["start_s"] <= word["end_s"] <= doc["duration_s"] + 1e-3
+    starts = [w["start_s"] for w in doc["words"]]
+    assert starts == sorted(starts)
+    status, headers, body = await post(zh_server.url, {"text": text, "captions": "srt"})
+    assert status == 200
+    cues = [block.split("\n")[2] for block in body.decode().split("\n\n") if block.strip()]
+    # Long cues are cut at the last comma before 6 s; the text is the client's own.
+    assert "".join(cues) == text and cues[-1] == "ＡＩ技术发展很快！"
+    assert all(len(cue) <= 30 for cue in cues)

@@ -97,8 +97,19 @@ class JobStore(ABC):
     async def done_units(self, job_id: str) -> set[int]: ...
 
     @abstractmethod
-    async def store_unit(self, claim: Claim, index: int, pcm: bytes) -> Lease:
-        """Keep one sentence's PCM (a second store of the same sentence is ignored)."""
+    async def store_unit(self, claim: Claim, index: int, pcm: bytes, words: bytes = b""
+                         ) -> Lease:
+        """Keep one sentence's PCM and its word timings (`words`, opaque bytes: see
+        jobs/captions.py); a second store of the same sentence is ignored. The timings
+        outlive the PCM: they are kept with the finished job for its captions."""
+
+    @abstractmethod
+    async def units(self, job_id: str) -> list[str]:
+        """The job's sentences as submitted ([] for an unknown job)."""
+
+    @abstractmethod
+    async def unit_words(self, job_id: str) -> dict[int, bytes]:
+        """Every stored sentence's word timings, by sentence index."""
 
     @abstractmethod
     async def unit_sizes(self, job_id: str, count: int) -> list[int]: ...

@@ -21,6 +21,7 @@ class _Entry:
     job: Job
     units: list[str]
     pcm: dict[int, bytes] = field(default_factory=dict)
+    words: dict[int, bytes] = field(default_factory=dict)
     lease: str = ""
     lease_until_ms: int = 0
     result: bytes = b""
@@ -71,6 +72,8 @@ class MemoryJobStore(JobStore):
         if code:
             job.error_code, job.error_message = code, message
         entry.lease, entry.pcm, entry.partial = "", {}, bytearray()
+        if status is not Status.DONE:
+            entry.words = {}
         self._queue.pop(job.id, None)
         heapq.heappush(self._expiries, (job.expires_ms, job.id))
         if job.callback_url:
@@ -163,13 +166,15 @@ class MemoryJobStore(JobStore):
         entry = self._entries.get(job_id)
         return set(entry.pcm) if entry else set()
 
-    async def store_unit(self, claim: Claim, index: int, pcm: bytes) -> Lease:
+    async def store_unit(self, claim: Claim, index: int, pcm: bytes, words: bytes = b""
+                         ) -> Lease:
         entry = self._holds(claim)
         if entry is None:
             return Lease.LOST
         entry.job.unit_writes += 1
         if index not in entry.pcm:
             entry.pcm[index] = pcm
+            entry.words[index] = words
             entry.job.units_done += 1
             entry.job.audio_samples += len(pcm) // 2
         return self._renew(entry)
@@ -181,6 +186,14 @@ class MemoryJobStore(JobStore):
 
     async def unit_pcm(self, job_id: str, index: int) -> bytes:
         return self._entries[job_id].pcm[index]
+
+    async def units(self, job_id: str) -> list[str]:
+        entry = self._live(job_id)
+        return list(entry.units) if entry else []
+
+    async def unit_words(self, job_id: str) -> dict[int, bytes]:
+        entry = self._live(job_id)
+        return dict(entry.words) if entry else {}
 
     async def append_result(self, claim: Claim, data: bytes) -> Lease:
         entry = self._holds(claim)

@@ -3,6 +3,7 @@
 Keys under jobs.namespace (NS):
   NS:job:ID            hash   the job (models.Job fields) plus "units" (JSON) and "lease"
   NS:pcm:ID            hash   sentence index -> PCM of every finished sentence
+  NS:words:ID          hash   sentence index -> its word timings (kept with a done job)
   NS:audio:ID          string the finished audio (written as NS:audio:ID:TOKEN, then renamed)
   NS:queue             zset   queued job -> time it may run (ms); the oldest runs first
   NS:leases            zset   running job -> lease expiry (ms)
@@ -51,6 +52,7 @@ end
 local function jkey(id) return NS .. ':job:' .. id end
 local function pkey(id) return NS .. ':pcm:' .. id end
 local function akey(id) return NS .. ':audio:' .. id end
+local function wkey(id) return NS .. ':words:' .. id end
 local function oqkey(owner) return NS .. ':owner-queued:' .. owner end
 local function field(id, name) return redis.call('HGET', jkey(id), name) end
 local function holds(id, token)
@@ -67,6 +69,7 @@ local function terminate(id, status, code, message, ttl, now)
   local owner = field(id, 'owner')
   if owner then redis.call('SREM', oqkey(owner), id) end
   redis.call('DEL', pkey(id))
+  if status == 'done' then redis.call('EXPIRE', wkey(id), ttl) else redis.call('DEL', wkey(id)) end
   redis.call('EXPIRE', J, ttl)
   redis.call('EXPIRE', akey(id), ttl)
   local idem = field(id, 'idempotency_key')
@@ -145,6 +148,7 @@ local J = jkey(id)
 redis.call('HINCRBY', J, 'unit_writes', 1)
 if redis.call('HSETNX', pkey(id), ARGV[5], ARGV[6]) == 1 then
   redis.call('HINCRBY', J, 'audio_samples', tonumber(ARGV[7]))
+  redis.call('HSET', wkey(id), ARGV[5], ARGV[8])
 end
 redis.call('HSET', J, 'units_done', redis.call('HLEN', pkey(id)))
 renew(id, tonumber(ARGV[4]))
@@ -385,10 +389,19 @@ class RedisJobStore(JobStore):
     async def done_units(self, job_id: str) -> set[int]:
         return {int(k) for k in await self._call(self.client.hkeys(self._key("pcm", job_id)))}
 
-    async def store_unit(self, claim: Claim, index: int, pcm: bytes) -> Lease:
+    async def store_unit(self, claim: Claim, index: int, pcm: bytes, words: bytes = b""
+                         ) -> Lease:
         answer = await self._run("store_unit", claim.job.id, claim.token, self._lease_ms,
-                                 index, pcm, len(pcm) // 2)
+                                 index, pcm, len(pcm) // 2, words)
         return Lease(_text(answer))
+
+    async def units(self, job_id: str) -> list[str]:
+        raw = await self._call(self.client.hget(self._key("job", job_id), "units"))
+        return decode_units(raw) if raw is not None else []
+
+    async def unit_words(self, job_id: str) -> dict[int, bytes]:
+        found = await self._call(self.client.hgetall(self._key("words", job_id)))
+        return {int(index): bytes(value) for index, value in found.items()}
 
     async def unit_sizes(self, job_id: str, count: int) -> list[int]:
         key = self._key("pcm", job_id)
