@@ -1,12 +1,13 @@
 """The micro-batcher in front of the Piper pool: what the Synthesizer calls when batching is on.
 
 `BatchingPool` wraps an `InferencePool` with a `MicroBatcher` and offers the surface the
-Synthesizer uses (`submit`, `new_request_key`, `estimated_wait_s`, `reserve`), so the Synthesizer does
-not know whether it batches. Each sentence unit becomes one batcher item, grouped by
-(voice, speed, speaker, priority lane) and by a length bucket of its characters (the front
-has no phonemes; the worker re-buckets by real phoneme ids before each padded run). A
-window of two or more units goes to the pool as one `SynthesizeBatch` work item; a window
-of one goes the normal single-unit way (so a lone request still gets the solo session).
+Synthesizer uses (`submit`, `new_request_key`, `estimated_wait_s`, `reserve`), so the
+Synthesizer does not know whether it batches. Each sentence unit becomes one batcher item,
+grouped by (voice, speed, speaker, priority lane) and by a length bucket of its characters
+(the front has no phonemes; the worker re-buckets by real phoneme ids before each padded
+run). A window of two or more units goes to the pool as one `SynthesizeBatch` work item; a
+window of one goes the normal single-unit way (so a lone request still gets the solo
+session). A unit waiting in a window is reserved in the pool's wait estimate.
 
 Admission stays at the door: `submit` raises PoolClosed, PoolUnavailable or PoolBusy at
 once, counting the units still in open windows, so a unit is refused before it waits.

@@ -7,9 +7,11 @@ gone before its flight started, audio a peer instance delivered), so a burst adm
 one event-loop turn is judged against its own work, not an empty queue. And the estimate
 is checked against what happens: each engine's admitted requests' measured time to done
 over their estimate (`Lateness`) scales the estimates that follow, so whatever the pool's
-model of its queue misses (other work on the machine, a busy event loop) still counts. A unit the primary engine fails (crashed or stuck worker, engine error,
-no worker able to start) is synthesized again by the voice's fallback engine, and the
-voice's circuit breaker hears of it.
+model of its queue misses (other work on the machine, a busy event loop) still counts.
+
+A unit the primary engine fails (crashed or stuck worker, engine error, no worker able to
+start) is synthesized again by the voice's fallback engine, and the voice's circuit
+breaker hears of it.
 """
 
 from __future__ import annotations
