@@ -34,12 +34,13 @@ from .errors import (
     UnitRejected,
     WorkerCrashed,
 )
-from .scheduler import Scheduler, WorkItem
+from .scheduler import Reservation, Scheduler, WorkItem
 from .supervisor import WorkerSlot
 from .timing import WordTiming
 
 __all__ = ["InferencePool", "PoolBusy", "PoolClosed", "PoolError", "PoolOptions",
-           "PoolStartError", "PoolUnavailable", "UnitRejected", "UnitResult", "WorkerCrashed"]
+           "PoolStartError", "PoolUnavailable", "Reservation", "UnitRejected", "UnitResult",
+           "WorkerCrashed"]
 
 LOG = logging.getLogger("tts.inference.pool")
 
@@ -57,7 +58,7 @@ class PoolOptions:
     stop_timeout_s: float = 5.0
     # Multi-threaded sessions exist in the workers (WorkerSpec.threads.solo_threads > 1).
     solo_enabled: bool = True
-    # Starting point of the wait estimate until real units have been measured.
+    # Starting point of the wait estimate until the first unit has been measured.
     initial_seconds_per_char: float = 0.006
 
 
@@ -186,22 +187,30 @@ class InferencePool:
 
     def submit(
         self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1,
-        *, admitted: bool = False,
+        *, admitted: bool = False, front: bool = False,
     ) -> list[asyncio.Future[UnitResult]]:
         """Queue every unit of one request, or none (PoolBusy, PoolClosed, PoolUnavailable).
         admitted: the caller already passed check_admission for these units (the batching
-        front, which holds them a few ms first), so the queue bound is not applied twice."""
+        front, which holds them a few ms first; the rest of a request whose first unit ran
+        alone), so the queue bound is not applied twice. front: at the head of their lane,
+        in order (work admitted before what waits there)."""
         if admitted:
             self._check_open()
         else:
             self.check_admission(len(units))
+        ordered = list(reversed(units)) if front else list(units)
         futures = [
             self._scheduler.enqueue(dataclasses.replace(m, work_id=next(self._work_ids)),
-                                    (request_key,), priority).future
-            for m in units
+                                    (request_key,), priority, front).future
+            for m in ordered
         ]
         self._dispatch()
-        return futures
+        return futures[::-1] if front else futures
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers that would start a unit submitted now (0 while anything is queued)."""
+        return self._scheduler.idle_workers(self._slots)
 
     def submit_batch(
         self, request_keys: Sequence[int], batch: protocol.SynthesizeBatch, priority: int = 1
@@ -241,6 +250,11 @@ class InferencePool:
     def estimated_wait_s(self, priority: int, chars: int, units: int) -> float:
         return self._scheduler.estimated_wait_s(self._slots, priority, chars, units)
 
+    def reserve(self, priority: int, chars: int, units: int) -> Reservation:
+        """Count an admitted request's work in the wait estimate until it is queued:
+        release it just before submit(), or when the request is dropped."""
+        return self._scheduler.reserve(priority, chars, units)
+
     def busy_with(self, max_priority: int) -> bool:
         return self._scheduler.busy_with(self._slots, max_priority)
 
@@ -256,6 +270,8 @@ class InferencePool:
             "queued_units": len(queue),
             "queued_by_priority": queue.depth_by_priority(),
             "seconds_per_char": round(self.seconds_per_char, 6),
+            "reserved_requests": self._scheduler.reservations,
+            "reserved_units": self._scheduler.reserved_units,
             "busy_workers": sum(s.work is not None for s in self._slots),
             "restarts": sum(s.restarts for s in self._slots),
             "units_completed": self.units_completed,
@@ -319,13 +335,21 @@ class InferencePool:
         slot.cpu_s_current = process_cpu_s
         self.units_completed += item.size
 
+    @staticmethod
+    def _service_s(item: WorkItem) -> float:
+        """How long the item held its worker as the front saw it: dispatch to reply read.
+        What drains the queue, so what the estimate learns: besides the synthesis it holds
+        the pipe and this event loop's delay in reading the reply (under a flood of
+        requests, the worker waits that long for its next item)."""
+        return time.monotonic() - item.dispatched_at
+
     def _complete(self, slot: WorkerSlot, done: protocol.UnitDone) -> None:
         item = self._take(slot, done.work_id)
         if item is None:
             return
         self._count_done(slot, item, done.process_cpu_s)
-        if not item.solo and item.chars:  # a solo run used every core: not per-worker speed
-            self._scheduler.learn_speed(done.synthesis_ms / 1000 / item.chars)
+        if not item.solo:  # a solo run used every core: not per-worker speed
+            self._scheduler.learn_speed(self._service_s(item), item.chars)
         nbytes = done.samples * protocol.SAMPLE_WIDTH_BYTES
         pcm = bytes(slot.slab.buf[:nbytes])  # copy out before the slab is reused
         if not item.future.done():
@@ -342,8 +366,7 @@ class InferencePool:
         self._count_done(slot, item, done.process_cpu_s)
         self.batches_completed += 1
         self.batched_units_completed += item.size
-        if item.chars:
-            self._scheduler.learn_speed(done.synthesis_ms / 1000 / item.chars)
+        self._scheduler.learn_speed(self._service_s(item), item.chars)
         if len(done.samples) != item.size:
             message = f"worker answered a batch of {item.size} with {len(done.samples)} items"
             self._fail(item, PoolError(message))

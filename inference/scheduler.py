@@ -3,6 +3,14 @@
 A work item is one sentence unit or one batch of them (`protocol.Work`); it waits in the
 lane of its priority (0 vip, 1 standard, 2 background jobs) and goes to an idle worker,
 one item per worker at a time, so the least-loaded worker is always an idle one.
+
+The wait estimate counts what is queued and running and what is reserved: a request
+admitted against the estimate holds a `Reservation` of its characters until its units are
+queued (or it is dropped), so requests admitted in one event-loop turn, before any of them
+has queued a unit, see each other's work. The speed it multiplies by is measured: the
+seconds items held their workers (dispatch to reply, as the front sees it) over their
+characters (a moving ratio of the two sums, so many short units do not outweigh a few
+long ones); the configured starting guess only holds until the first unit is done.
 """
 
 from __future__ import annotations
@@ -10,13 +18,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
 
 SPEED_EWMA_ALPHA = 0.1
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Characters and units of an admitted request not queued yet; release() once (again
+    is a no-op): when its units are queued, or when it will never queue them."""
+
+    priority: int
+    chars: int
+    units: int
+    # What takes it out of the estimate (the scheduler's, or a remote pool's).
+    _on_release: Callable[[Reservation], None] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._on_release is not None
+
+    def release(self) -> None:
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release(self)
 
 
 @dataclass(eq=False)
@@ -106,19 +135,46 @@ class Scheduler:
     def __init__(self, solo_enabled: bool, initial_seconds_per_char: float) -> None:
         self.solo_enabled = solo_enabled
         self.queue = WorkQueue()
-        # Seconds of single-threaded synthesis per character, kept up to date (EWMA).
+        # Seconds a worker takes per character: the starting guess until a unit has been
+        # measured, then (EWMA of seconds) / (EWMA of characters).
         self.seconds_per_char = initial_seconds_per_char
+        self._speed_seconds = 0.0
+        self._speed_chars = 0.0
+        self.speed_samples = 0
         self._active_requests: collections.Counter[int] = collections.Counter()
+        # Admitted but not yet queued: characters by priority, units, reservations.
+        self._reserved_chars: collections.Counter[int] = collections.Counter()
+        self.reserved_units = 0
+        self.reservations = 0
 
-    def enqueue(self, message: protocol.Work, request_keys: tuple[int, ...], priority: int
-                ) -> WorkItem:
+    def reserve(self, priority: int, chars: int, units: int) -> Reservation:
+        reservation = Reservation(priority, chars, units, self._unreserve)
+        self._reserved_chars[priority] += chars
+        self.reserved_units += units
+        self.reservations += 1
+        return reservation
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        self._reserved_chars[reservation.priority] -= reservation.chars
+        if self._reserved_chars[reservation.priority] <= 0:
+            del self._reserved_chars[reservation.priority]
+        self.reserved_units -= reservation.units
+        self.reservations -= 1
+
+    def enqueue(self, message: protocol.Work, request_keys: tuple[int, ...], priority: int,
+                front: bool = False) -> WorkItem:
+        """Into its priority's lane, at the back (or the front: work admitted earlier)."""
         item = WorkItem(message, request_keys, asyncio.get_running_loop().create_future(),
                         priority)
         item.future.add_done_callback(lambda _f, i=item: self._finished(i))
         for key in request_keys:
             self._active_requests[key] += 1
-        self.queue.push(item)
+        self.queue.push(item, front=front)
         return item
+
+    def idle_workers(self, slots: Sequence[Slot]) -> int:
+        """Workers that would start a new item now: idle ones, while nothing is queued."""
+        return 0 if self.queue else sum(s.idle for s in slots)
 
     def _finished(self, item: WorkItem) -> None:
         if not item.finished:
@@ -151,11 +207,12 @@ class Scheduler:
     def estimated_wait_s(self, slots: Sequence[Slot], priority: int, chars: int,
                          units: int) -> float:
         """Time until a request of `chars` characters at `priority` would be done: the
-        work queued ahead of it and half the work running, spread over the ready workers,
-        then its own units over as many workers as it has units."""
+        work queued or reserved ahead of it and half the work running, spread over the
+        ready workers, then its own units over as many workers as it has units."""
         ready = max(1, sum(s.ready for s in slots))
         running = sum(s.work.chars for s in slots if s.work is not None)
-        ahead = self.queue.chars_ahead(priority) + running / 2
+        reserved = sum(c for p, c in self._reserved_chars.items() if p <= priority)
+        ahead = self.queue.chars_ahead(priority) + reserved + running / 2
         own = chars / max(1, min(ready, units))
         return (ahead / ready + own) * self.seconds_per_char
 
@@ -166,5 +223,13 @@ class Scheduler:
                      if priority <= max_priority)
         return running or queued
 
-    def learn_speed(self, seconds_per_char: float) -> None:
-        self.seconds_per_char += SPEED_EWMA_ALPHA * (seconds_per_char - self.seconds_per_char)
+    def learn_speed(self, seconds: float, chars: int) -> None:
+        """One finished item: it held its worker `seconds` for `chars` characters. The first
+        measurements replace the starting guess at once (weight 1/n up to the EWMA's)."""
+        if chars <= 0:
+            return
+        self.speed_samples += 1
+        alpha = max(SPEED_EWMA_ALPHA, 1.0 / self.speed_samples)
+        self._speed_seconds += alpha * (seconds - self._speed_seconds)
+        self._speed_chars += alpha * (chars - self._speed_chars)
+        self.seconds_per_char = self._speed_seconds / self._speed_chars

@@ -4,6 +4,7 @@
     .venv/bin/python -m stress.bench_mandarin ttfa
     .venv/bin/python -m stress.bench_mandarin layout [--seconds 40]
     .venv/bin/python -m stress.bench_mandarin seed [--users 50,200,500] [--seconds 40]
+        [--texts both|seed|unique]
 
 throughput: unique Chinese news paragraphs (stress/zh_corpus.py, 100-300 characters),
   audio-seconds per wall-second of this server (cache off, closed loop at each level) vs
@@ -76,7 +77,10 @@ def mandarin_files():
 
 
 def units_of(paragraph: str) -> list[str]:
-    return split_units(normalize(paragraph), MAX_UNIT_CHARS)
+    """The paragraph's sentence units, without the server's lead-clause cut: the server's
+    audio of a paragraph (its first clause a unit, the clause pause added after it) is the
+    engine's audio of these units, sample for sample, so raw and server make the same."""
+    return split_units(normalize(paragraph), MAX_UNIT_CHARS, lead=False)
 
 
 def news_texts(count: int, seed: int, first_serial: int) -> list[str]:
@@ -191,8 +195,8 @@ def _raw_first_times(paragraphs: list[str], threads: int, out) -> None:
     voice = _load_voice(threads)
     chunk_ms, sentence_ms = [], []
     for paragraph in paragraphs:
-        first = units_of(paragraph)[0]
-        syllables = frontend.chunks(first)[0].syllables
+        first = units_of(paragraph)[0]  # the first sentence; its first chunk is the
+        syllables = frontend.chunks(first)[0].syllables  # server's first unit (lead clause)
         started = time.perf_counter()
         voice.run_chunk(syllables, 1.0, solo=False)
         chunk_ms.append((time.perf_counter() - started) * 1000)
@@ -566,6 +570,11 @@ class SeedLevel:
     refused_with_retry_after: int
     refusal_p50_ms: float
     engines: dict[str, int]
+    # Of the errors: no answer within the client's 120 s (or the connection failed).
+    timeouts: int = 0
+    p50_ms: float = float("nan")
+    max_ms: float = float("nan")
+    refusal_p95_ms: float = float("nan")
 
 
 async def seed_users(url: str, users: int, seconds: float, texts, label: str,
@@ -574,14 +583,14 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
     rng = random.Random(seed)
     ok_ms: list[float] = []
     refused_ms: list[float] = []
-    errors = with_retry = 0
+    errors = with_retry = timeouts = 0
     audio_s = 0.0
     engines: dict[str, int] = {}
     deadline = time.monotonic() + seconds
     headers = {"Authorization": f"Bearer {SEED_TOKEN}"}
 
     async def user(session: aiohttp.ClientSession) -> None:
-        nonlocal errors, with_retry, audio_s
+        nonlocal errors, with_retry, audio_s, timeouts
         while time.monotonic() < deadline:
             started = time.monotonic()
             try:
@@ -603,6 +612,7 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
                 with_retry += retry is not None
             else:
                 errors += 1
+                timeouts += status == 0
             await asyncio.sleep(min(rng.uniform(1, 3), max(0.0, deadline - time.monotonic())))
 
     connector = aiohttp.TCPConnector(limit=users)
@@ -614,7 +624,9 @@ async def seed_users(url: str, users: int, seconds: float, texts, label: str,
     done = len(ok_ms) + len(refused_ms) + errors
     return SeedLevel(users, label, done, len(ok_ms) / wall, audio_s / wall,
                      percentile(ok_ms, 95) if ok_ms else float("nan"), errors, len(refused_ms),
-                     with_retry, statistics.median(refused_ms) if refused_ms else 0.0, engines)
+                     with_retry, statistics.median(refused_ms) if refused_ms else 0.0, engines,
+                     timeouts, percentile(ok_ms, 50), max(ok_ms, default=float("nan")),
+                     percentile(refused_ms, 95))
 
 
 def _seed_env(cache: bool) -> dict[str, str]:
@@ -642,25 +654,30 @@ def run_seed(args: argparse.Namespace) -> dict[str, object]:
     from stress import cli
 
     users = ",".join(str(u) for u in args.users)
-    server, port = start_server(_seed_env(cache=True), args.workers)
-    try:
-        print("python -m stress seed (the seed's payloads, voice female, cache on):")
-        cli.main(["seed", "--url", f"http://127.0.0.1:{port}", "--users", users,
-                  "--duration", str(args.seconds), "--token", SEED_TOKEN, "--quiet"])
-    finally:
-        stop_process(server)
+    if args.texts in ("both", "seed"):
+        server, port = start_server(_seed_env(cache=True), args.workers)
+        try:
+            print("python -m stress seed (the seed's payloads, voice female, cache on):")
+            cli.main(["seed", "--url", f"http://127.0.0.1:{port}", "--users", users,
+                      "--duration", str(args.seconds), "--token", SEED_TOKEN, "--quiet"])
+        finally:
+            stop_process(server)
+    if args.texts == "seed":
+        return {}
     server, port = start_server(_seed_env(cache=False), args.workers)
     try:
         unique = asyncio.run(_unique_run(f"http://127.0.0.1:{port}/api/tts", args))
     finally:
         stop_process(server)
     print("the same users on unique sentences (cache off):")
-    print(f"{'users':>5} {'QPS':>7} {'audio-s/s':>9} {'P95 ms':>8} {'errors':>6} {'503':>6}"
-          f" {'w/ Retry-After':>14} {'503 p50 ms':>10}  engines")
+    print(f"{'users':>5} {'QPS':>7} {'audio-s/s':>9} {'P50 ms':>8} {'P95 ms':>8} {'max ms':>8}"
+          f" {'errors':>6} {'timeouts':>8} {'503':>6} {'w/ Retry-After':>14} {'503 p50 ms':>10}"
+          f" {'503 p95 ms':>10}  engines")
     for level in unique:
-        print(f"{level.users:>5} {level.qps:7.1f} {level.audio_s_per_s:9.1f} {level.p95_ms:8.0f}"
-              f" {level.errors:>6} {level.refused_503:>6} {level.refused_with_retry_after:>14}"
-              f" {level.refusal_p50_ms:10.1f}  {level.engines}")
+        print(f"{level.users:>5} {level.qps:7.1f} {level.audio_s_per_s:9.1f} {level.p50_ms:8.0f}"
+              f" {level.p95_ms:8.0f} {level.max_ms:8.0f} {level.errors:>6} {level.timeouts:>8}"
+              f" {level.refused_503:>6} {level.refused_with_retry_after:>14}"
+              f" {level.refusal_p50_ms:10.1f} {level.refusal_p95_ms:10.1f}  {level.engines}")
     return {"unique": [asdict(level) for level in unique]}
 
 
@@ -680,6 +697,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="layout: mixed-load clients")
     parser.add_argument("--repeats", type=int, default=2, help="layout: runs of each layout")
     parser.add_argument("--users", default="50,200,500", help="seed: user counts")
+    parser.add_argument("--texts", choices=["both", "seed", "unique"], default="both",
+                        help="seed: the seed's cached payloads, unique sentences (cache off),"
+                        " or both (default)")
     parser.add_argument("--seed", type=int, default=11, help="text generator seed")
     parser.add_argument("--json", help="write all numbers to this file")
     args = parser.parse_args(argv)

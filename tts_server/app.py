@@ -68,8 +68,6 @@ def worker_spec_factory(settings: Settings, files: tuple[protocol.VoiceFiles, ..
 # The Mandarin voice's own pool: a model that cannot load then stops only this pool (its
 # text goes to espeak-ng), never Piper's workers; measured in README "The Mandarin voice".
 MANDARIN = mandarin.ENGINE_NAME
-# Seconds of one worker per character until measured (Mandarin: ~0.004 on 2 cores).
-INITIAL_SECONDS_PER_CHAR = {"piper": 0.006, "espeak": 0.0002, MANDARIN: 0.004}
 
 
 def build_pools(settings: Settings, registry: VoiceRegistry
@@ -100,7 +98,7 @@ def build_pools(settings: Settings, registry: VoiceRegistry
             restart_backoff_s=pool_settings.restart_backoff_s,
             stop_timeout_s=pool_settings.stop_timeout_s,
             solo_enabled=solo_threads > 1,
-            initial_seconds_per_char=INITIAL_SECONDS_PER_CHAR[engine],
+            initial_seconds_per_char=pool_settings.initial_seconds_per_char[engine],
         )
         batching = settings.batching
         max_batch = batching.max_batch if batching.enabled and engine == "piper" else 0
@@ -162,7 +160,8 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     app[keys.SYNTHESIZER] = Synthesizer(front, registry, build_breakers(settings, registry),
                                         settings.server.request_timeout_s,
                                         settings.server.retry_after_s,
-                                        on_unit=metrics.observe_unit if metrics else None)
+                                        on_unit=metrics.observe_unit if metrics else None,
+                                        stream_lead_alone=settings.pool.stream_lead_alone)
     yield
     await asyncio.gather(*(p.close() for p in front.values() if isinstance(p, BatchingPool)))
     await asyncio.gather(*(pool.stop() for pool in pools.values()))

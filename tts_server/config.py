@@ -134,6 +134,16 @@ class PoolSettings:
     # out are the longest), more than Piper's 16 MiB slab holds.
     mandarin_workers: int = 0
     mandarin_shm_slab_bytes: int = 32 * 1024 * 1024
+    # Seconds of one worker per character, by engine: the admission estimate's speed
+    # until the pool's first unit is measured (then the measured speed replaces it).
+    # Mandarin measured 0.004 on an idle core: twice that, so a burst at start is not
+    # admitted on an idle machine's speed.
+    initial_seconds_per_char: Mapping[str, float] = field(default_factory=lambda: {
+        "piper": 0.006, "espeak": 0.0002, "fastspeech2": 0.008})
+    # A streamed request that finds two or more workers idle (and nothing queued) runs its
+    # first unit alone, the rest after it: its first audio does not share the cores with
+    # its own second unit (pools with a solo session already run a lone request so).
+    stream_lead_alone: bool = True
 
     def __post_init__(self) -> None:
         _require(self.workers >= 0, "pool.workers must be >= 0")
@@ -147,6 +157,11 @@ class PoolSettings:
         _require(self.mandarin_workers >= 0, "pool.mandarin_workers must be >= 0")
         _require(self.mandarin_shm_slab_bytes >= 1 << 20,
                  "pool.mandarin_shm_slab_bytes must be >= 1 MiB")
+        speeds = self.initial_seconds_per_char
+        _require(set(speeds) == set(LOCAL_ENGINES),
+                 f"pool.initial_seconds_per_char must give each of {', '.join(LOCAL_ENGINES)}")
+        _require(all(isinstance(v, int | float) and v > 0 for v in speeds.values()),
+                 "pool.initial_seconds_per_char values must be > 0")
 
     @property
     def worker_count(self) -> int:

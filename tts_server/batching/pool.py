@@ -1,12 +1,13 @@
 """The micro-batcher in front of the Piper pool: what the Synthesizer calls when batching is on.
 
 `BatchingPool` wraps an `InferencePool` with a `MicroBatcher` and offers the surface the
-Synthesizer uses (`submit`, `new_request_key`, `estimated_wait_s`), so the Synthesizer does
-not know whether it batches. Each sentence unit becomes one batcher item, grouped by
-(voice, speed, speaker, priority lane) and by a length bucket of its characters (the front
-has no phonemes; the worker re-buckets by real phoneme ids before each padded run). A
-window of two or more units goes to the pool as one `SynthesizeBatch` work item; a window
-of one goes the normal single-unit way (so a lone request still gets the solo session).
+Synthesizer uses (`submit`, `new_request_key`, `estimated_wait_s`, `reserve`), so the
+Synthesizer does not know whether it batches. Each sentence unit becomes one batcher item,
+grouped by (voice, speed, speaker, priority lane) and by a length bucket of its characters
+(the front has no phonemes; the worker re-buckets by real phoneme ids before each padded
+run). A window of two or more units goes to the pool as one `SynthesizeBatch` work item; a
+window of one goes the normal single-unit way (so a lone request still gets the solo
+session). A unit waiting in a window is reserved in the pool's wait estimate.
 
 Admission stays at the door: `submit` raises PoolClosed, PoolUnavailable or PoolBusy at
 once, counting the units still in open windows, so a unit is refused before it waits.
@@ -33,7 +34,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from inference import protocol
-from inference.pool import InferencePool, PoolClosed, UnitRejected, UnitResult
+from inference.pool import InferencePool, PoolClosed, Reservation, UnitRejected, UnitResult
 from tts_server.batching.batcher import MicroBatcher
 from tts_server.config import BatchingSettings
 
@@ -48,6 +49,8 @@ class _Item:
     priority: int
     # The future handed to the Synthesizer (the task waiting in the batcher).
     caller: asyncio.Future[UnitResult] | None = None
+    # Its characters in the pool's wait estimate while it waits in a window.
+    reservation: Reservation | None = None
 
     @property
     def key(self) -> Hashable:
@@ -85,6 +88,10 @@ class BatchingPool:
     def estimated_wait_s(self, priority: int, chars: int, units: int) -> float:
         return self.pool.estimated_wait_s(priority, chars, units) + self.settings.max_wait_ms / 1000
 
+    def reserve(self, priority: int, chars: int, units: int) -> Reservation:
+        """The pool's reservation: released before submit(), which hands the units over."""
+        return self.pool.reserve(priority, chars, units)
+
     def submit(
         self, request_key: int, units: Sequence[protocol.SynthesizeUnit], priority: int = 1
     ) -> list[asyncio.Future[UnitResult]]:
@@ -96,11 +103,17 @@ class BatchingPool:
         futures: list[asyncio.Future[UnitResult]] = []
         for unit in units:
             item = _Item(unit, request_key, priority)
+            item.reservation = self.pool.reserve(priority, len(unit.text), 1)
             item.caller = loop.create_task(self.batcher.submit(item, item.key))
-            item.caller.add_done_callback(lambda _, i=item: self._held.discard(i))
+            item.caller.add_done_callback(lambda _, i=item: self._unhold(i))
             self._held.add(item)
             futures.append(item.caller)
         return futures
+
+    def _unhold(self, item: _Item) -> None:
+        self._held.discard(item)
+        if item.reservation is not None:
+            item.reservation.release()
 
     def snapshot(self) -> dict[str, object]:
         return {"mode": self.batcher.mode, **self.batcher.stats.as_dict()}
@@ -114,6 +127,9 @@ class BatchingPool:
 
     async def _run_batch(self, items: list[_Item]) -> list[UnitResult]:
         self._held.difference_update(items)
+        for item in items:  # queued in the pool below: counted there from now on
+            if item.reservation is not None:
+                item.reservation.release()
         if len(items) == 1:
             item = items[0]
             (single,) = self.pool.submit(item.request_key, [item.unit], item.priority,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from inference import protocol
-from inference.pool import PoolBusy, PoolClosed, PoolOptions, UnitResult
+from inference.pool import PoolBusy, PoolClosed, PoolOptions, Reservation, UnitResult
 from tts_server.config import RemoteEngineSettings
 from tts_server.remote import client
 from tts_server.remote.client import UpstreamError
@@ -112,6 +112,8 @@ class RemotePool:
         self.max_in_flight_seen = 0
         self._lanes = Lanes()
         self._running: set[_Call] = set()
+        # Admitted requests' characters by priority until their units are queued.
+        self._reserved: collections.Counter[int] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
         self._paused_until = 0.0
         self._closing = False
@@ -173,9 +175,20 @@ class RemotePool:
         units, at the measured seconds per character."""
         slots = self.settings.max_concurrent
         ahead = sum(c for p, c in self._lanes.chars.items() if p <= priority)
+        ahead += sum(c for p, c in self._reserved.items() if p <= priority)
         ahead += sum(c.chars for c in self._running) / 2
         own = chars / max(1, min(slots, units))
         return (ahead / slots + own) * self.seconds_per_char
+
+    def reserve(self, priority: int, chars: int, units: int) -> Reservation:
+        """As InferencePool.reserve: counted in the estimate until released."""
+        self._reserved[priority] += chars
+        return Reservation(priority, chars, units, self._unreserve)
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        self._reserved[reservation.priority] -= reservation.chars
+        if self._reserved[reservation.priority] <= 0:
+            del self._reserved[reservation.priority]
 
     def busy_with(self, max_priority: int) -> bool:
         calls = itertools.chain(self._running, self._lanes.calls())

@@ -1,9 +1,17 @@
 """Runs a SynthesisRequest on the engine pools and yields its audio unit by unit, in order.
 
 Admission happens here too: a request whose estimated wait would miss its deadline is
-refused at once. A unit the primary engine fails (crashed or stuck worker, engine error,
-no worker able to start) is synthesized again by the voice's fallback engine, and the
-voice's circuit breaker hears of it.
+refused at once. An admitted request's characters are reserved in its pool's estimate
+until `stream` queues its units (or the task that admitted it ends without that: a client
+gone before its flight started, audio a peer instance delivered), so a burst admitted in
+one event-loop turn is judged against its own work, not an empty queue. And the estimate
+is checked against what happens: each engine's admitted requests' measured time to done
+over their estimate (`Lateness`) scales the estimates that follow, so whatever the pool's
+model of its queue misses (other work on the machine, a busy event loop) still counts.
+
+A unit the primary engine fails (crashed or stuck worker, engine error, no worker able to
+start) is synthesized again by the voice's fallback engine, and the voice's circuit
+breaker hears of it.
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ import numpy as np
 import soxr
 
 from inference import protocol
+from inference.mandarin import ENGINE_NAME as MANDARIN_ENGINE
+from inference.mandarin import frontend as mandarin_frontend
 from inference.pool import (
     InferencePool,
     PoolBusy,
     PoolClosed,
     PoolError,
     PoolUnavailable,
+    Reservation,
     UnitRejected,
     UnitResult,
     WorkerCrashed,
@@ -39,8 +50,50 @@ from tts_server.speech.timings import estimated_words
 from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 CLIENT_FAULTS = (protocol.FAIL_BAD_INPUT, protocol.FAIL_AUDIO_TOO_LONG)
+# How the pools' wait estimate is held to account: per engine, a moving ratio of the
+# admitted requests' measured time to done over their estimate at admission (both summed,
+# so long waits weigh more than short ones), applied to later estimates within these bounds.
+LATENESS_EWMA_ALPHA = 0.05
+LATENESS_BOUNDS = (0.5, 4.0)
 # engine, queue ms, synthesis ms, samples, sample rate, characters: called per unit.
 UnitObserver = Callable[[str, float, float, int, int, int], None]
+
+
+def unit_gap_s(engine: str, text: str) -> float:
+    """Silence owed after a unit that ends inside a sentence.
+
+    The Mandarin engine pauses after each clause of a unit but not after the unit's last
+    one; a unit that ends at a clause mark (a text's lead clause, text.split_units, or a
+    clause of an over-long sentence) gets that clause's pause here, so a text sounds the
+    same however it is cut into units. Sentence ends stay as they are (no engine adds a
+    pause between sentence units)."""
+    if engine != MANDARIN_ENGINE or text[-1:].isalnum():
+        return 0.0
+    found = mandarin_frontend.clauses(mandarin_frontend.normalize(text))
+    pause = found[-1].pause_s if found else 0.0
+    return pause if pause < mandarin_frontend.PAUSE_SENTENCE_S else 0.0
+
+
+def silence(seconds: float, sample_rate: int) -> bytes:
+    """int16 zeros, rounded as the engines round their own pauses."""
+    return bytes(round(seconds * sample_rate) * protocol.SAMPLE_WIDTH_BYTES)
+
+
+def _chain(source: asyncio.Future[UnitResult], target: asyncio.Future[UnitResult]) -> None:
+    """target follows source's outcome; target cancelled cancels source."""
+
+    def settle(_: object) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif source.exception() is not None:
+            target.set_exception(source.exception())
+        else:
+            target.set_result(source.result())
+
+    source.add_done_callback(settle)
+    target.add_done_callback(lambda _: target.cancelled() and source.cancel())
 
 
 class EngineFailure(Exception):
@@ -97,6 +150,39 @@ class UnitAudio:
     words: tuple[WordTiming, ...] = ()
 
 
+@dataclass(eq=False)
+class _Admitted:
+    """An admitted request until its units are queued: its reservation in the pool's
+    estimate, and what the estimate said (checked against what happened)."""
+
+    request: SynthesisRequest
+    reservation: Reservation
+    estimate_s: float
+    at: float = field(default_factory=time.monotonic)
+
+
+class Lateness:
+    """EWMA of measured over estimated time to done, for one engine's admissions."""
+
+    def __init__(self) -> None:
+        self._measured = 0.0
+        self._estimated = 0.0
+        self.samples = 0
+
+    @property
+    def factor(self) -> float:
+        if self._estimated <= 0:
+            return 1.0
+        low, high = LATENESS_BOUNDS
+        return min(high, max(low, self._measured / self._estimated))
+
+    def observe(self, estimated_s: float, measured_s: float) -> None:
+        self.samples += 1
+        alpha = max(LATENESS_EWMA_ALPHA, 1.0 / self.samples)
+        self._measured += alpha * (measured_s - self._measured)
+        self._estimated += alpha * (estimated_s - self._estimated)
+
+
 class Synthesizer:
     def __init__(
         self,
@@ -108,13 +194,20 @@ class Synthesizer:
         request_timeout_s: float,
         retry_after_s: int,
         on_unit: UnitObserver | None = None,
+        stream_lead_alone: bool = False,
     ):
         self.on_unit = on_unit
+        # A streamed request on an idle pool: its first unit runs alone (see _submit_all).
+        self.stream_lead_alone = stream_lead_alone
         self.pools = pools
         self.registry = registry
         self.breakers = breakers
         self.request_timeout_s = request_timeout_s
         self.retry_after_s = retry_after_s
+        # Admitted requests whose units are not queued yet, by id (the entry keeps the
+        # request alive, so its id is not reused meanwhile).
+        self._reserved: dict[int, list[_Admitted]] = {}
+        self.lateness: dict[str, Lateness] = {}
 
     def route(self, request: SynthesisRequest, prefer_fallback: bool = False) -> SynthesisRequest:
         """An open breaker (or the degradation ladder) sends the voice to its fallback."""
@@ -130,39 +223,131 @@ class Synthesizer:
         return request
 
     def admit(self, request: SynthesisRequest, admission: Admission) -> None:
-        """Refuse now (503 + Retry-After) what would miss its deadline in the queue."""
-        pool = self.pools[request.voice.engine]
-        wait_s = pool.estimated_wait_s(admission.priority, len(request.text), len(request.units))
+        """Refuse now (503 + Retry-After) what would miss its deadline in the queue; what
+        is admitted is reserved in the estimate until stream() queues it, or until the
+        task that admitted it ends (whichever comes first: nothing stays reserved)."""
+        engine = request.voice.engine
+        pool = self.pools[engine]
+        chars, units = len(request.text), len(request.units)
+        estimate_s = pool.estimated_wait_s(admission.priority, chars, units)
+        lateness = self.lateness.setdefault(engine, Lateness())
+        wait_s = estimate_s * lateness.factor
         if wait_s > admission.deadline_s:
             retry = max(self.retry_after_s, math.ceil(wait_s - admission.deadline_s))
             raise ServiceUnavailable(
                 f"busy: estimated {wait_s:.1f}s exceeds the {admission.deadline_s:g}s deadline",
                 code="would_miss_deadline", retry_after_s=retry)
+        admitted = _Admitted(request, pool.reserve(admission.priority, chars, units),
+                             estimate_s)
+        self._reserved.setdefault(id(request), []).append(admitted)
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _t: self._unreserve(request, admitted))
 
-    def _submit(
-        self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
-    ) -> list[asyncio.Future[UnitResult]]:
-        units = [
+    @property
+    def reserved_requests(self) -> int:
+        """Admitted requests whose units are not queued yet (0 when nothing is pending)."""
+        return sum(len(held) for held in self._reserved.values())
+
+    def _unreserve(self, request: SynthesisRequest, admitted: _Admitted | None = None
+                   ) -> _Admitted | None:
+        """Release `admitted` of `request`, or (None) the oldest one it holds; returns it."""
+        held = self._reserved.get(id(request))
+        if not held:
+            return None
+        found = None
+        for index, entry in enumerate(held):
+            if admitted is None or entry is admitted:
+                found = held.pop(index)
+                found.reservation.release()
+                break
+        if not held:
+            del self._reserved[id(request)]
+        return found
+
+    @staticmethod
+    def _units(voice: VoiceInfo, texts: list[str], request: SynthesisRequest
+               ) -> list[protocol.SynthesizeUnit]:
+        return [
             protocol.SynthesizeUnit(work_id=0, voice=voice.name, text=text, speed=request.speed,
                                     speaker_id=request.speaker_id if voice is request.voice
                                     else None, timings=request.timestamps)
             for text in texts
         ]
+
+    def _submit(
+        self, voice: VoiceInfo, texts: list[str], request: SynthesisRequest, priority: int
+    ) -> list[asyncio.Future[UnitResult]]:
         pool = self.pools[voice.engine]
         try:
-            return pool.submit(pool.new_request_key(), units, priority)
+            return pool.submit(pool.new_request_key(), self._units(voice, texts, request),
+                               priority)
         except (PoolBusy, PoolClosed) as exc:
             raise ServiceUnavailable(
                 str(exc), code=exc.code, retry_after_s=self.retry_after_s
             ) from None
+
+    def _submit_all(self, request: SynthesisRequest, priority: int
+                    ) -> list[asyncio.Future[UnitResult]]:
+        """Every unit of the request into its pool. A streamed request that finds at least
+        two workers idle and nothing queued (and a pool without a solo session, which
+        already runs a lone request's units one by one) has its first unit run alone: the
+        rest is reserved in the estimate and queued, at the head of its lane, when the
+        first is done. Its first audio then has the machine to itself rather than sharing
+        it with its own second unit; the rest is ready long before that audio has played."""
+        pool = self.pools[request.voice.engine]
+        texts = list(request.units)
+        if not request.stream:
+            return self._submit_longest_first(request, texts, priority)
+        if not (self.stream_lead_alone and len(texts) > 1
+                and isinstance(pool, InferencePool) and not pool.options.solo_enabled
+                and pool.idle_workers >= 2):
+            return self._submit(request.voice, texts, request, priority)
+        (first,) = self._submit(request.voice, texts[:1], request, priority)
+        rest_units = self._units(request.voice, texts[1:], request)
+        held = pool.reserve(priority, sum(len(t) for t in texts[1:]), len(rest_units))
+        loop = asyncio.get_running_loop()
+        rest: list[asyncio.Future[UnitResult]] = [loop.create_future() for _ in rest_units]
+
+        def queue_rest(_first: object) -> None:
+            held.release()
+            if all(f.done() for f in rest):  # the request is gone
+                return
+            try:
+                queued = pool.submit(pool.new_request_key(), rest_units, priority,
+                                     admitted=True, front=True)
+            except PoolError as exc:  # closing, or no worker left: as if it had failed there
+                for future in rest:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for source, target in zip(queued, rest, strict=True):
+                _chain(source, target)
+
+        first.add_done_callback(queue_rest)
+        return [first, *rest]
+
+    def _submit_longest_first(self, request: SynthesisRequest, texts: list[str],
+                              priority: int) -> list[asyncio.Future[UnitResult]]:
+        """A response sent whole is done when its last unit is: its units go to the queue
+        longest first (one request on two workers then ends on its shortest unit, not on
+        whichever came last in the text); the futures come back in text order."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        queued = self._submit(request.voice, [texts[i] for i in order], request, priority)
+        futures: list[asyncio.Future[UnitResult]] = [queued[0]] * len(texts)
+        for position, index in enumerate(order):
+            futures[index] = queued[position]
+        return futures
 
     async def stream(
         self, request: SynthesisRequest, trace: SynthesisTrace, priority: int = 1
     ) -> AsyncIterator[UnitAudio]:
         """Yield each unit's audio in order; leftover units are cancelled on any exit."""
         deadline = time.monotonic() + self.request_timeout_s
+        # Its admission's reservation ends as its units are queued (no await between).
+        admitted = self._unreserve(request)
         try:
-            futures = self._submit(request.voice, list(request.units), request, priority)
+            futures = self._submit_all(request, priority)
         except PoolUnavailable:
             futures = []
         breaker = self.breakers.get(request.voice.name)
@@ -181,10 +366,14 @@ class Synthesizer:
                     result, engine = await self._fallback(request, text, deadline, priority)
                     trace.degraded = True
                 trace.add(result, engine)
+                if admitted is not None and index == len(request.units) - 1 \
+                        and not trace.degraded:  # done: how good was the estimate?
+                    self.lateness[request.voice.engine].observe(
+                        admitted.estimate_s, time.monotonic() - admitted.at)
                 if self.on_unit is not None:
                     self.on_unit(engine, result.queue_ms, result.synthesis_ms,
                                  len(result.pcm) // 2, result.sample_rate, len(text))
-                yield self._unit_audio(request, text, result, trace)
+                yield self._unit_audio(request, text, result, trace, engine)
         finally:
             for future in futures:
                 future.cancel()
@@ -204,11 +393,15 @@ class Synthesizer:
                                      retry_after_s=self.retry_after_s) from None
 
     def _unit_audio(self, request: SynthesisRequest, text: str, result: UnitResult,
-                    trace: SynthesisTrace) -> UnitAudio:
+                    trace: SynthesisTrace, engine: str) -> UnitAudio:
+        """The unit's audio at the voice's rate, with the pause owed after it (unit_gap_s:
+        after its words, so their times are untouched) and its words when asked."""
         rate = request.voice.sample_rate
         pcm = self._at_rate(result, rate)
+        gap_s = unit_gap_s(engine, text)
+        gap = silence(gap_s, rate) if gap_s else b""
         if not request.timestamps:
-            return UnitAudio(pcm)
+            return UnitAudio(pcm + gap)
         words = result.words
         if words and result.sample_rate != rate:  # a fallback's audio was resampled
             ratio = rate / result.sample_rate
@@ -217,7 +410,7 @@ class Synthesizer:
         elif not words:
             words = estimated_words(text, len(pcm) // 2)
             trace.estimated_timings = trace.estimated_timings or bool(words)
-        return UnitAudio(pcm, words)
+        return UnitAudio(pcm + gap, words)
 
     @staticmethod
     def _at_rate(result: UnitResult, sample_rate: int) -> bytes:

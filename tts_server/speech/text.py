@@ -3,6 +3,13 @@
 Units are what the pool schedules: one long text runs on several workers at once and
 its audio is reassembled in order. A piece with nothing to say ("...", "—", "。") never
 becomes a unit: it would synthesize to no audio at all.
+
+The lead clause: when a text's first sentence is Chinese and has a clause mark (，、；：
+after a Han character), its first clause is a unit of its own. A streamed response's
+first audio leaves when its first unit is done, and the Mandarin engine runs a sentence
+as one model run per clause anyway (so the cut costs no prosody); the pause the engine
+would have put after that clause is added after the unit by the synthesizer
+(`synthesizer.unit_gap_s`), so the audio is the same as without the cut.
 """
 
 from __future__ import annotations
@@ -10,12 +17,17 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from inference.text import is_speakable
+from inference.text import HAN, is_speakable
 
 # Sentence ends: Latin and CJK terminators, with closing quotes/brackets kept on the left.
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？；])[\"'”’)\]」』]*\s+|(?<=[。！？；])|\n\s*\n|\n")
 # Clause boundaries for over-long sentences.
 _CLAUSE_END = re.compile(r"(?<=[,;:，、；：—])\s*")
+# The end of a text's first clause: a clause mark after a Han character, with the run of
+# marks, dashes, quotes and brackets after it (the engine pauses once for such a run).
+_LEAD_CLAUSE_END = re.compile(
+    HAN.pattern + r"[,;:、][,;:、—\s\"'“”‘’()\[\]【】《》〈〉「」『』]*"
+)
 # Abbreviations whose dot does not end a sentence.
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr jr vs etc e.g i.e no approx dept est fig inc ltd co corp".split()
@@ -85,13 +97,35 @@ def _is_cjk(ch: str) -> bool:
     )
 
 
-def split_units(text: str, max_chunk_chars: int) -> list[str]:
-    """Normalized text -> speakable sentence units of at most max_chunk_chars characters."""
+def lead_clause(sentence: str) -> tuple[str, str] | None:
+    """(first clause, the rest) of a Chinese sentence, or None: no clause mark after a Han
+    character, or nothing speakable after it."""
+    match = _LEAD_CLAUSE_END.search(sentence)
+    if match is None:
+        return None
+    head, rest = sentence[: match.end()].strip(), sentence[match.end():].strip()
+    return (head, rest) if is_speakable(rest) else None
+
+
+def _sentence_units(sentence: str, max_chunk_chars: int) -> list[str]:
+    if len(sentence) <= max_chunk_chars:
+        return [sentence]
+    clauses = [c for c in _CLAUSE_END.split(sentence) if c.strip()]
+    return _pack(clauses, max_chunk_chars)
+
+
+def split_units(text: str, max_chunk_chars: int, lead: bool = True) -> list[str]:
+    """Normalized text -> speakable sentence units of at most max_chunk_chars characters.
+
+    lead: the text's first speakable sentence gives its first clause a unit of its own
+    (see the module's note). False for text that continues one already cut (textstream:
+    only the first piece of a stream starts a text)."""
     units: list[str] = []
     for sentence in split_sentences(text):
-        if len(sentence) <= max_chunk_chars:
-            units.append(sentence)
-            continue
-        clauses = [c for c in _CLAUSE_END.split(sentence) if c.strip()]
-        units.extend(_pack(clauses, max_chunk_chars))
+        pieces: tuple[str, ...] = (sentence,)
+        if lead and is_speakable(sentence):
+            lead = False
+            pieces = lead_clause(sentence) or pieces
+        for piece in pieces:
+            units.extend(_sentence_units(piece, max_chunk_chars))
     return [unit for unit in units if is_speakable(unit)]

@@ -32,11 +32,15 @@ from tts_server.speech.voices import VoiceInfo, VoiceRegistry
 
 
 class SentenceCutter:
-    """Fragments in; each sentence out once nothing that may follow can change it."""
+    """Fragments in; each sentence out once nothing that may follow can change it.
+
+    The first unit of a text may be its first clause (text.split_units' lead clause):
+    only the first cut that yields units cuts one, as split_units does of the whole text."""
 
     def __init__(self, max_chunk_chars: int) -> None:
         self.max_chunk_chars = max_chunk_chars
         self._buffer = ""
+        self._lead = True  # nothing speakable cut yet: the next cut starts the text
 
     @property
     def pending(self) -> str:
@@ -57,11 +61,17 @@ class SentenceCutter:
         return self._take(len(self._buffer))
 
     def clear(self) -> None:
+        """Drop what is held; what comes next starts a new text (a cancel)."""
         self._buffer = ""
+        self._lead = True
 
     def _take(self, cut: int) -> list[str]:
         head, self._buffer = self._buffer[:cut], self._buffer[cut:]
-        return split_units(normalize(head), self.max_chunk_chars) if head.strip() else []
+        if not head.strip():
+            return []
+        units = split_units(normalize(head), self.max_chunk_chars, lead=self._lead)
+        self._lead = self._lead and not units
+        return units
 
     def _last_boundary(self) -> int:
         """The end of the last sentence boundary not after an abbreviation ("Dr. "), which

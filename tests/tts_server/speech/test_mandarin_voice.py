@@ -219,6 +219,31 @@ async def test_streaming_starts_after_the_first_unit_and_matches_the_whole(zh_se
     assert streamed == whole[44:]
 
 
+async def test_the_lead_clause_unit_keeps_the_audio_of_the_uncut_text(zh_server):
+    """The paragraph's first clause is a unit of its own (text.split_units): the pause the
+    engine puts after a clause is neither lost nor doubled at that boundary, so the streamed
+    audio is the engine's own audio of the sentence units, sample for sample."""
+    from inference.mandarin.engine import MandarinVoice
+    from inference.options import SynthesisOptions, ThreadPlan
+    from tts_server.speech.text import normalize, split_units
+
+    text = normalize(PARAGRAPH)
+    units, sentences = split_units(text, 400), split_units(text, 400, lead=False)
+    assert units[0] == "国家统计局今天发布数据显示," and len(units) == len(sentences) + 1
+    voice = MandarinVoice.load(models.voice_files(built_model()), ThreadPlan())
+    expected = b"".join(voice.synthesize_unit(s, SynthesisOptions()).tobytes()
+                        for s in sentences)
+    clause_alone = voice.synthesize_unit(units[0], SynthesisOptions())
+    body = {"text": PARAGRAPH + "再见。", "stream": True, "format": "pcm"}  # not cached
+    status, headers, streamed = await post(zh_server.url, body)
+    assert (status, headers["X-Engine"]) == (200, "fastspeech2")
+    tail = voice.synthesize_unit("再见。", SynthesisOptions()).tobytes()
+    assert streamed == expected + tail
+    # the 0.2 s clause pause is in it once: right after the first clause's own audio
+    pause = streamed[len(clause_alone) * 2:][: int(0.2 * RATE) * 2]
+    assert len(pause) == int(0.2 * RATE) * 2 and not any(pause)
+
+
 async def test_a_400_character_unit_at_speed_025_fits_the_slab(zh_server):
     # Numbers read out are the longest audio per character: ~20 MB at 24 kHz, more than
     # Piper's 16 MiB slab (pool.mandarin_shm_slab_bytes holds it).

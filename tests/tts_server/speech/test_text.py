@@ -38,3 +38,39 @@ def test_long_sentences_are_cut_at_clauses_then_spaces_within_the_limit():
 
 def test_blank_lines_are_boundaries():
     assert split_units("Title\n\nFirst line of text", 400) == ["Title", "First line of text"]
+
+
+def test_a_chinese_texts_first_clause_is_a_unit_of_its_own():
+    text = normalize("国家统计局今天发布数据，十月份价格上涨，城市上涨。农村持平，食品下降。")
+    assert split_units(text, 400) == ["国家统计局今天发布数据,", "十月份价格上涨,城市上涨。",
+                                      "农村持平,食品下降。"]
+    # lead=False: a text that continues one already cut (a stream's later pieces)
+    assert split_units(text, 400, lead=False) == [
+        "国家统计局今天发布数据,十月份价格上涨,城市上涨。", "农村持平,食品下降。"]
+
+
+def test_the_lead_clause_keeps_numbers_times_and_its_run_of_marks_whole():
+    # A comma or colon inside a number or a time is no clause mark (no Han before it).
+    assert split_units(normalize("共计1,000元，时间10:30。"), 400) == [
+        "共计1,000元,", "时间10:30。"]
+    # The run of marks, quotes and brackets after the mark stays with the first clause
+    # (the engine pauses once for the whole run).
+    assert split_units(normalize("他说：“今天下雨。"), 400) == ["他说:“", "今天下雨。"]
+    assert split_units(normalize("甲、（乙）丙。"), 400) == ["甲、(", "乙)丙。"]
+
+
+def test_no_lead_clause_without_a_chinese_clause_or_anything_after_it():
+    assert split_units("Hello, world. 你好，世界。", 400) == ["Hello, world.", "你好，世界。"]
+    assert split_units(normalize("据报道，"), 400) == ["据报道,"]
+    assert split_units(normalize("今天天气很好。明天，下雨。"), 400) == [
+        "今天天气很好。", "明天,下雨。"]
+    # The first speakable sentence decides: an unspeakable one before it does not count.
+    assert split_units(normalize("……\n明天，下雨。"), 400) == ["明天,", "下雨。"]
+
+
+def test_an_over_long_rest_of_the_first_sentence_is_packed_as_before():
+    sentence = "开头，" + "，".join("字" * 30 for _ in range(10)) + "。"
+    units = split_units(normalize(sentence), 100)
+    assert units[0] == "开头," and all(len(u) <= 100 for u in units)
+    # (the packer joins "," and the next clause with a space, as it always has)
+    assert "".join(units).replace(" ", "") == normalize(sentence)

@@ -15,6 +15,10 @@ TEXTS = [
     "Dr. Smith arrived at 3.5 p.m. today. He said: \"It works!\" Then he left… "
     "Was it e.g. the fox? Yes.\nA new line starts here",
     "今天天气很好。我们去公园吧！你觉得怎么样？好的",
+    # The first clause of a Chinese text is its own unit: only the first one, however the
+    # text arrives.
+    "国家统计局今天发布数据，十月份全国居民消费价格上涨。其中城市上涨，农村持平。",
+    "……\n据报道，共计1,000元、时间10:30：完成。第二句，还有逗号。",
     "Mixed text. 这是中文。And English again; with a clause, and more words here",
     "word " * 80 + "end.",  # over the unit limit with no sentence end until the last word
     "字" * 300,  # CJK, no spaces, no terminator
@@ -59,6 +63,15 @@ def test_a_sentence_leaves_as_soon_as_nothing_can_change_it():
     assert cutter.add("Who came. ") == ["Next one, Dr. Who came."]
     assert cutter.add("你好。") == ["你好。"]  # a CJK stop needs no space after it
     assert cutter.pending == ""
+
+
+def test_only_the_first_cut_of_a_text_splits_its_lead_clause_and_a_cancel_starts_anew():
+    cutter = SentenceCutter(LIMIT)
+    assert cutter.add("……\n") == []  # nothing speakable: the text has not started
+    assert cutter.add("据报道，今天下雨。明天") == ["据报道,", "今天下雨。"]
+    assert cutter.add("，晴天。") == ["明天,晴天。"]  # a later sentence keeps its clauses
+    cutter.clear()  # a cancel: what follows is a new text
+    assert cutter.add("新的开始，第二个分句。") == ["新的开始,", "第二个分句。"]
 
 
 def test_text_without_an_end_is_cut_at_the_unit_limit():
