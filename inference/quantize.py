@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .filelock import locked
 from .protocol import VoiceFiles
 
 LOG = logging.getLogger("tts.inference.quantize")
@@ -307,17 +307,6 @@ def _quiet_onnxruntime() -> Iterator[None]:
         shape_logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _is_current(model: Path, config: Path, recipe_path: Path, recipe: dict) -> bool:
     if not (model.exists() and config.exists() and recipe_path.exists()):
         return False
@@ -346,7 +335,7 @@ def ensure_variant(
     result = dataclasses.replace(source_files, model_path=str(model), config_path=str(config))
     if _is_current(model, config, recipe_path, recipe):
         return result
-    with _locked(model.parent):
+    with locked(model.parent):
         if _is_current(model, config, recipe_path, recipe):  # another process built it
             return result
         started = time.monotonic()

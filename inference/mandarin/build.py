@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,9 +29,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..filelock import locked
 from . import models
 from .models import MandarinModelError
 
@@ -298,17 +298,6 @@ def self_check(acoustic_path: Path, vocoder_path: Path, mapper: Path) -> dict:
 # ---- the cached build -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(models_dir: Path) -> Iterator[None]:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / ".mandarin-build.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as metadata
 
@@ -353,7 +342,7 @@ def build(asset_dir: Path, models_dir: Path, force: bool = False) -> models.Buil
     """The build for these sources, converted now unless a valid one is already there."""
     digests = models.source_digests(asset_dir)
     folder = models.build_folder(models_dir, digests)
-    with _locked(models_dir):
+    with locked(models_dir, ".mandarin-build.lock"):
         if not force:
             with contextlib.suppress(MandarinModelError):
                 return models.load_built(folder, digests)
