@@ -33,6 +33,15 @@ THREE_SENTENCES = (
 
 # What the highlight shows: the marked word, its place among the timed words, the time the
 # audio element is at, and how many words are marked as already spoken.
+def cleared_highlight(page) -> dict:
+    """The highlight once playback has ended: the page clears it on the animation frame
+    after "ended", so wait for that frame (up to 5 s) before reading it."""
+    page.wait_for_function("() => !document.querySelector('#result-text .word.current')"
+                           " && !document.querySelector('#result-text .word.spoken')",
+                           timeout=5000)
+    return page.evaluate(HIGHLIGHT)
+
+
 HIGHLIGHT = """() => {
     const words = [...document.querySelectorAll('#result-text .word')];
     const current = document.querySelector('#result-text .word.current');
@@ -138,7 +147,7 @@ def test_the_highlight_follows_streamed_playback_word_by_word(shared_server, ope
         assert sample["spoken"] == sample["index"]
     assert words[indices[-1]]["start_char"] > THREE_SENTENCES.index("And the third")
     # Played to the end: nothing is marked any more.
-    done = page.evaluate(HIGHLIGHT)
+    done = cleared_highlight(page)
     assert done["index"] == -1 and done["spoken"] == 0
     assert done["count"] == len(words)
     expect(page.locator("#result-text")).to_have_text(THREE_SENTENCES)
@@ -180,8 +189,8 @@ def test_seeking_and_pausing_keep_the_highlight_on_the_spoken_word(shared_server
     indices = [s["index"] for s in seen if s["index"] >= 0]
     assert indices and indices == sorted(indices) and indices[0] >= second - 1
     assert len(set(indices)) >= (len(words) - second) // 2
-    done = page.evaluate(HIGHLIGHT)
-    assert done["index"] == -1 and done["spoken"] == 0  # the end clears the highlight
+    done = cleared_highlight(page)  # the end clears the highlight
+    assert done["index"] == -1 and done["spoken"] == 0
 
     # Dragged back after the end: paused there, and the highlight is back.
     check_seeks(session, THREE_SENTENCES, words, [2])
