@@ -468,8 +468,7 @@ class EspeakLibrary:
         for index, (kind, position, sample) in enumerate(events):
             if kind != EVENT_WORD:
                 continue
-            later = [s for _, _, s in events[index + 1:] if s > sample]
-            end = later[0] if later else len(audio)
+            end = next((s for _, _, s in events[index + 1:] if s > sample), len(audio))
             words.append(WordEvent(position, sample, min(end, len(audio))))
         return audio, words
 

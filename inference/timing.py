@@ -257,15 +257,22 @@ def fill_gaps(spans: Sequence[Span | None], weights: Sequence[int]) -> list[Span
         groups[0] = head + groups[0]
     result: list[Span] = [(0, 0)] * len(out)
     for group in groups:
-        anchor = next(out[i] for i in group if out[i] is not None)
-        start, end = anchor  # type: ignore[misc]
-        total = sum(max(weights[i], 1) for i in group)
-        done = 0
-        for i in group:
-            left = start + (end - start) * done // total
-            done += max(weights[i], 1)
-            result[i] = (left, start + (end - start) * done // total)
+        start, end = next(out[i] for i in group if out[i] is not None)  # type: ignore[misc]
+        for i, span in zip(group, split_span(start, end, [weights[i] for i in group]),
+                           strict=True):
+            result[i] = span
     return result
+
+
+def split_span(start: int, end: int, weights: Sequence[int]) -> list[Span]:
+    """[start, end) cut into consecutive pieces in proportion to the weights (each >= 1)."""
+    weights = [max(weight, 1) for weight in weights]
+    total, done, pieces = sum(weights), 0, []
+    for weight in weights:
+        left = start + (end - start) * done // total
+        done += weight
+        pieces.append((left, start + (end - start) * done // total))
+    return pieces
 
 
 def _spans(token_keys: Sequence[str], first_word: list[int], words: Sequence[PhonemeWord]
@@ -281,11 +288,6 @@ def _spans(token_keys: Sequence[str], first_word: list[int], words: Sequence[Pho
         last_word = max(last_word, first_word[index])
         start = words[first_word[index]].start_sample
         end = words[last_word].end_sample
-        weights = [max(len(token_keys[k]), 1) for k in range(index, group_end)]
-        total, done = sum(weights), 0
-        for weight in weights:
-            left = start + (end - start) * done // total
-            done += weight
-            spans.append((left, start + (end - start) * done // total))
+        spans.extend(split_span(start, end, [len(token_keys[k]) for k in range(index, group_end)]))
         index = group_end
     return spans

@@ -18,6 +18,7 @@ from piper.voice import PiperVoice
 
 from .options import SynthesisOptions, ThreadPlan, VoiceError
 from .protocol import VoiceFiles
+from .sessions import make_session
 from .timing import PhonemeWord, WordTiming, align_tokens, phoneme_key, word_tokens
 
 __all__ = ["SynthesisOptions", "ThreadPlan", "Voice", "VoiceError", "make_session"]
@@ -25,19 +26,6 @@ __all__ = ["SynthesisOptions", "ThreadPlan", "Voice", "VoiceError", "make_sessio
 LOG = logging.getLogger("tts.inference.voice")
 MAX_INT16 = 32767.0
 WARMUP_TEXT = "Warming up the voice."
-
-
-def make_session(model: str | bytes, threads: int, plan: ThreadPlan) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = plan.inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads burn the core another worker needs; off unless configured.
-    spinning = "1" if plan.allow_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def aligned_model_bytes(model_path: str | Path) -> bytes:

@@ -99,10 +99,16 @@ class TextSettings:
     max_text_chars: int = 5000
     # Sentences longer than this are split at clause boundaries, then at spaces.
     max_chunk_chars: int = 400
+    # A caption cue ends at a sentence end, or (at its last comma) before it holds more
+    # characters or seconds than these.
+    caption_max_chars: int = 84
+    caption_max_s: float = 6.0
 
     def __post_init__(self) -> None:
         _require(self.max_text_chars >= 1, "text.max_text_chars must be >= 1")
         _require(self.max_chunk_chars >= 20, "text.max_chunk_chars must be >= 20")
+        _require(self.caption_max_chars >= 1, "text.caption_max_chars must be >= 1")
+        _require(self.caption_max_s > 0, "text.caption_max_s must be > 0")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from ..options import SynthesisOptions, ThreadPlan, VoiceError
 from ..protocol import VoiceFiles
+from ..sessions import make_session
 from ..timing import WordTiming
 from . import SAMPLE_RATE, frontend
 from .frontend import Chunk, SymbolTable
@@ -33,19 +34,6 @@ WARMUP_TEXT = "语音合成系统，正在预热。"
 _ORT_ERRORS = (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
                ort.capi.onnxruntime_pybind11_state.InvalidArgument,
                ort.capi.onnxruntime_pybind11_state.RuntimeException)
-
-
-def make_session(path: str, threads: int, plan: ThreadPlan) -> ort.InferenceSession:
-    """As inference.voice.make_session (not imported: that module loads piper)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = plan.inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spinning = "1" if plan.allow_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def speed_ratio(speed: float) -> float:

@@ -359,6 +359,8 @@ def test_status_payload_matches_what_the_page_expects(shared_server):
         "formats",
         "degradation_level",
         "preview_enabled",
+        "caption_max_chars",
+        "caption_max_s",
     } <= set(status)
     assert {"wav", "pcm"} <= set(status["formats"])
 

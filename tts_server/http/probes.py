@@ -71,6 +71,8 @@ async def ui_status(request: web.Request) -> web.Response:
         {
             "auth_required": not settings.anonymous_allowed,
             "max_text_chars": settings.text.max_text_chars,
+            "caption_max_chars": settings.text.caption_max_chars,
+            "caption_max_s": settings.text.caption_max_s,
             "min_speed": settings.synthesis.min_speed,
             "max_speed": settings.synthesis.max_speed,
             "formats": list(AUDIO_FORMATS),

@@ -14,6 +14,7 @@ import time
 
 from aiohttp import web
 
+from tts_server import keys
 from tts_server.encoding.encoders import encode_in_executor
 from tts_server.encoding.wav import duration_s
 from tts_server.http.responses import AudioResponder, TimedEncoder, audio_headers, sse_event
@@ -28,9 +29,8 @@ class TimedResponder(AudioResponder):
     def __init__(self, request: web.Request, speech) -> None:
         super().__init__(request, speech)
         assert speech.pieces is not None
+        # The client's text (a request built without it, like warm-up's: the normalized).
         self.source = SourceMap(self.synthesis.source_text or self.synthesis.text)
-        if self.source.normalized != self.synthesis.text:  # cannot happen; never mis-map
-            self.source = SourceMap(self.synthesis.text)
 
     async def _pieces(self):
         async for pcm, words in self.speech.pieces:  # type: ignore[union-attr]
@@ -60,7 +60,7 @@ class TimedResponder(AudioResponder):
         caption_format = self.synthesis.captions
         if caption_format is not None:
             text = captions(public_words(words, self.source, rate), self.source.source,
-                            caption_format)
+                            caption_format, self.request.app[keys.SETTINGS].text)
             headers["Content-Type"] = f"{CAPTION_TYPES[caption_format]}; charset=utf-8"
             return web.Response(body=text.encode(), headers=headers)
         started = time.perf_counter()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import msgpack
 
 from inference.timing import WordTiming
+from tts_server.config import TextSettings
 from tts_server.speech.timings import SourceMap, captions, public_words
 
 UNIT_SEPARATOR = " "
@@ -31,7 +32,7 @@ def _decode(data: bytes) -> tuple[int, list[WordTiming]]:
 
 
 def job_captions(units: Sequence[str], stored: Mapping[int, bytes], sample_rate: int,
-                 caption_format: str) -> str:
+                 caption_format: str, limits: TextSettings) -> str:
     """The caption file of the job's sentences, in order."""
     text = UNIT_SEPARATOR.join(units)
     words: list[WordTiming] = []
@@ -45,4 +46,4 @@ def job_captions(units: Sequence[str], stored: Mapping[int, bytes], sample_rate:
         char_offset += len(unit) + len(UNIT_SEPARATOR)
         sample_offset += samples
     source = SourceMap.of_normalized(text)
-    return captions(public_words(words, source, sample_rate), text, caption_format)
+    return captions(public_words(words, source, sample_rate), text, caption_format, limits)

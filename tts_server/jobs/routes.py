@@ -237,7 +237,7 @@ async def job_captions(request: web.Request) -> web.Response:
                        "done", code="job_not_done")
     units = await store.units(job.id)
     text = build_captions(units, await store.unit_words(job.id), job.sample_rate,
-                          caption_format)
+                          caption_format, request.app[keys.SETTINGS].text)
     headers = {
         "Content-Type": f"{CAPTION_TYPES[caption_format]}; charset=utf-8",
         "Content-Disposition": f'attachment; filename="{job.id}.{caption_format}"',

@@ -21,7 +21,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from inference.timing import Span, Tracked, WordTiming, locate, word_tokens
+from inference.timing import Span, Tracked, WordTiming, locate, split_span, word_tokens
+from tts_server.config import TextSettings
 from tts_server.speech.text import CONTROL_CATEGORIES, WHITESPACE_RUN
 
 _CRLF = re.compile(r"\r\n?")
@@ -29,9 +30,6 @@ _TAB = re.compile(r"\t")
 _LINE_EDGE_SPACE = re.compile(r" ?\n ?")
 CAPTION_FORMATS = ("srt", "vtt")
 CAPTION_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt"}
-# A caption cue ends at a sentence end, or once it holds this much text or time.
-CUE_MAX_CHARS = 84
-CUE_MAX_S = 6.0
 _CUE_END = re.compile(r"[.!?…。！？；;]\W*$")
 _CLAUSE_END = re.compile(r"[,:，、：—]\W*$")
 
@@ -122,13 +120,9 @@ def estimated_words(unit: str, samples: int) -> tuple[WordTiming, ...]:
     """For an engine that gives no timings (a remote one): the unit's words spread over its
     audio by their length in characters. Marked as estimated where shown."""
     tokens = word_tokens(unit)
-    total = sum(end - start for start, end in tokens)
-    words, done = [], 0
-    for start, end in tokens:
-        left = samples * done // total if total else 0
-        done += end - start
-        words.append(WordTiming(start, end, left, samples * done // total if total else 0))
-    return tuple(words)
+    spans = split_span(0, samples, [end - start for start, end in tokens])
+    return tuple(WordTiming(start, end, left, right)
+                 for (start, end), (left, right) in zip(tokens, spans, strict=True))
 
 
 # ---- the response ---------------------------------------------------------------------------
@@ -166,10 +160,10 @@ class Cue:
     text: str
 
 
-def cues(words: Sequence[PublicWord], source: str) -> list[Cue]:
-    """Caption cues: runs of words cut at sentence ends, and before CUE_MAX_CHARS or
-    CUE_MAX_S at the last clause mark (a comma) if the run has one; a cue's text is the
-    client's own, punctuation included, lines folded."""
+def cues(words: Sequence[PublicWord], source: str, limits: TextSettings) -> list[Cue]:
+    """Caption cues: runs of words cut at sentence ends, and before caption_max_chars or
+    caption_max_s at the last clause mark (a comma) if the run has one; a cue's text is
+    the client's own, punctuation included, lines folded."""
     found: list[Cue] = []
     group: list[PublicWord] = []
 
@@ -179,8 +173,8 @@ def cues(words: Sequence[PublicWord], source: str) -> list[Cue]:
         found.append(Cue(run[0].start_s, max(run[-1].end_s, run[0].start_s), text))
 
     for word in words:
-        if group and (word.end_char - group[0].start_char > CUE_MAX_CHARS
-                      or word.end_s - group[0].start_s > CUE_MAX_S):
+        if group and (word.end_char - group[0].start_char > limits.caption_max_chars
+                      or word.end_s - group[0].start_s > limits.caption_max_s):
             cut = _last_clause_end(group, source)
             emit(group[:cut])
             group = group[cut:]
@@ -237,6 +231,7 @@ def to_srt(cue_list: Sequence[Cue]) -> str:
                      for index, c in enumerate(cue_list, 1))
 
 
-def captions(words: Sequence[PublicWord], source: str, caption_format: str) -> str:
-    cue_list = cues(words, source)
+def captions(words: Sequence[PublicWord], source: str, caption_format: str,
+             limits: TextSettings) -> str:
+    cue_list = cues(words, source, limits)
     return to_vtt(cue_list) if caption_format == "vtt" else to_srt(cue_list)

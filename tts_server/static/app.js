@@ -1240,7 +1240,7 @@ function keepInView(span) {
 function downloadSubtitles() {
   const view = state.current;
   if (!view?.words?.length) return;
-  const vtt = toVtt(captionCues(view.text, view.words));
+  const vtt = toVtt(captionCues(view.text, view.words, state.status ?? undefined));
   const url = URL.createObjectURL(new Blob([vtt], { type: "text/vtt;charset=utf-8" }));
   const link = document.createElement("a");
   link.href = url;

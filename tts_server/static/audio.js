@@ -280,17 +280,17 @@ export function wordPosition(words, time) {
 }
 
 // Cues as the server's own captions make them (tts_server/speech/timings.py): a cue ends at
-// a sentence end; a run that would pass this much text or time is cut after its last clause
-// mark (a comma), if it has one, else where it is.
-const CUE_MAX_CHARS = 84;
-const CUE_MAX_S = 6.0;
+// a sentence end; a run that would pass the server's text.caption_max_chars or
+// caption_max_s (from /ui/status; these defaults are config.toml's) is cut after its last
+// clause mark (a comma), if it has one, else where it is.
+const CUE_LIMITS = { caption_max_chars: 84, caption_max_s: 6.0 };
 const CUE_END = /[.!?…。！？；;][^\p{L}\p{N}_]*$/u;
 const CLAUSE_END = /[,:，、：—][^\p{L}\p{N}_]*$/u;
 const PUNCTUATION = /^\p{P}$/u;
 
 /** Caption cues {start_s, end_s, text}: runs of words in the typed text's own words,
  * punctuation included, lines folded. */
-export function captionCues(text, words) {
+export function captionCues(text, words, limits = CUE_LIMITS) {
   const chars = Array.from(text);
   const textEnd = (end) => {
     let at = end;
@@ -321,8 +321,8 @@ export function captionCues(text, words) {
   for (const word of words) {
     const full =
       group.length > 0 &&
-      (word.end_char - group[0].start_char > CUE_MAX_CHARS ||
-        word.end_s - group[0].start_s > CUE_MAX_S);
+      (word.end_char - group[0].start_char > limits.caption_max_chars ||
+        word.end_s - group[0].start_s > limits.caption_max_s);
     if (full) {
       const cut = lastClauseEnd(group);
       emit(group.slice(0, cut));

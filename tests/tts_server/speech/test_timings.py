@@ -6,6 +6,7 @@ import random
 
 from inference.timing import WordTiming
 from tts_server.cache.tiers import CachedAudio
+from tts_server.config import TextSettings
 from tts_server.jobs.captions import encode_unit_words, job_captions
 from tts_server.speech.text import normalize, split_units
 from tts_server.speech.timings import (
@@ -67,10 +68,10 @@ def test_caption_cues_keep_the_clients_punctuation_and_split_at_sentences():
              for i, (a, b) in enumerate(spans)]
     public = public_words(words, normalized, 22050)
     assert [w.text for w in public] == ["Hello", "world", "Second", "sentence", "here"]
-    vtt = captions(public, source, "vtt")
+    vtt = captions(public, source, "vtt", TextSettings())
     assert vtt == ("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello, world!\n\n"
                    "00:00:02.000 --> 00:00:04.500\nSecond sentence here.\n")
-    srt = captions(public, source, "srt")
+    srt = captions(public, source, "srt", TextSettings())
     assert srt.startswith("1\n00:00:00,000 --> 00:00:01,500\nHello, world!\n\n2\n")
 
 
@@ -86,10 +87,10 @@ def test_job_captions_lay_sentences_end_to_end():
     stored = {0: encode_unit_words(22050, [WordTiming(0, 5, 0, 11025), WordTiming(6, 9, 11025,
                                                                                   22050)]),
               1: encode_unit_words(22050, [WordTiming(0, 6, 0, 11025)])}
-    vtt = job_captions(units, stored, 22050, "vtt")
+    vtt = job_captions(units, stored, 22050, "vtt", TextSettings())
     assert "00:00:00.000 --> 00:00:01.000\nFirst one." in vtt
     assert "00:00:01.000 --> 00:00:01.500\nSecond" in vtt
-    assert job_captions(units, {0: b"garbage"}, 22050, "vtt") == "WEBVTT\n\n"
+    assert job_captions(units, {0: b"garbage"}, 22050, "vtt", TextSettings()) == "WEBVTT\n\n"
 
 
 def test_cached_values_carry_timings_and_old_values_still_decode():
@@ -106,3 +107,15 @@ def test_cached_values_carry_timings_and_old_values_still_decode():
     bad = msgpack.packb({"v": 1, "sample_rate": 22050, "pcm": b"\x00\x00", "words": [[1, 2]]})
     with pytest.raises(ValueError):
         CachedAudio.decode(bad)
+
+
+def test_the_cue_limits_come_from_config():
+    source = "One two three, four five six seven eight."
+    found = SourceMap(source)
+    spans = [(0, 3), (4, 7), (8, 13), (15, 19), (20, 24), (25, 28), (29, 34), (35, 40)]
+    words = public_words([WordTiming(*normalized_span(found, a, b), i * 2205, i * 2205 + 2000)
+                          for i, (a, b) in enumerate(spans)], found, 22050)
+    assert captions(words, source, "vtt", TextSettings()).count(" --> ") == 1
+    short = captions(words, source, "vtt", TextSettings(caption_max_chars=20))
+    assert "\nOne two three,\n" in short  # cut at the comma before the limit
+    assert short.count(" --> ") == 3
