@@ -394,16 +394,24 @@ async def test_token_access_refuses_events_without_a_valid_token(token_server, t
     assert reply.error().code == code
 
 
+def synthesize_lines(server) -> list[dict]:
+    return [json.loads(line) for line in server.log().splitlines()
+            if '"method": "synthesize"' in line]
+
+
 async def test_token_access_serves_events_with_a_token(token_server):
+    before = len(synthesize_lines(token_server))
     async with connect(token_server) as client:
         await client.write_event(Event("describe", {"token": TOKEN}))
         assert (await asyncio.wait_for(client.read_event(), TIMEOUT_S)).type == "info"
         await client.write_event(Event("synthesize", {"text": "Hello there.", "token": TOKEN}))
         reply = await read_until(client, "audio-stop")
     assert reply.types == ["audio-start", "audio-stop"] and reply.pcm
-    line = next(json.loads(line) for line in reversed(token_server.log().splitlines())
-                if '"method": "synthesize"' in line)
-    assert line["client"] == "assistant"
+    for _ in range(100):  # the access line is written after the last event is sent
+        if len(synthesize_lines(token_server)) > before:
+            break
+        await asyncio.sleep(0.05)
+    assert synthesize_lines(token_server)[-1]["client"] == "assistant"
 
 
 def test_shutdown_with_an_idle_connection_is_prompt(token_server):
