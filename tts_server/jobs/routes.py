@@ -36,7 +36,13 @@ from tts_server.http.connections import ROUTE_OPTIONS
 from tts_server.jobs.captions import job_captions as build_captions
 from tts_server.jobs.models import Job, JobSpec, Status
 from tts_server.jobs.ranges import ByteRange, RangeNotSatisfiable, parse_range
-from tts_server.jobs.stores.base import JobStore, QueueFull, StoreUnavailable, Submitted
+from tts_server.jobs.stores.base import (
+    CancelAction,
+    JobStore,
+    QueueFull,
+    StoreUnavailable,
+    Submitted,
+)
 from tts_server.jobs.submission import idempotency_key_hash, parse_submission
 from tts_server.speech.timings import CAPTION_FORMATS, CAPTION_TYPES
 
@@ -187,12 +193,16 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = await _owned(store, request.match_info["job_id"], _owner(request))
     if job.status.finished:
         raise Conflict(f"job {job.id} is already {job.status.value}", code="job_finished")
-    cancelled = await store.cancel(job.id)
-    if cancelled is None:
+    outcome = await store.cancel(job.id)
+    if outcome is None:
         raise NotFound(f"no job {job.id}", code="job_not_found")
-    # 200: cancelled now; 202: a running job stops after its current sentence.
-    status = 200 if cancelled.status.finished else 202
-    return web.json_response(cancelled.public(BASE_PATH), status=status)
+    if outcome.action is CancelAction.FINISHED:  # it finished since the read above
+        raise Conflict(f"job {job.id} is already {outcome.job.status.value}",
+                       code="job_finished")
+    # 200: cancelled now; 202: a running job stops after its current sentence (the body,
+    # read just after, may already show it stopped).
+    status = 200 if outcome.action is CancelAction.CANCELLED else 202
+    return web.json_response(outcome.job.public(BASE_PATH), status=status)
 
 
 @store_errors

@@ -320,14 +320,17 @@ async def test_cancel_queued_and_running_jobs(jobs_server, session):
     assert (await carol.job(queued))["status"] == "queued"
     status, _, raw = await carol.call("DELETE", f"/api/tts/jobs/{queued}")
     assert status == 200 and json.loads(raw)["status"] == "cancelled"
-    running, handed_back = await cancel_one_running(carol, jobs_server, long_ids)
+    running = long_ids[0]
+    while (doc := await carol.job(running))["progress"]["sentences_done"] < 1:
+        assert doc["status"] in ("queued", "running")
+        await asyncio.sleep(0.05)
+    status, _, raw = await carol.call("DELETE", f"/api/tts/jobs/{running}")
+    assert status == 202 and json.loads(raw)["cancel_requested"] is True
     docs = await carol.wait(long_ids + [queued])
     stopped = docs[running]
     assert stopped["status"] == "cancelled"
     assert stopped["progress"]["sentences_done"] < 30
-    rest = [i for i in long_ids if i != running]
-    assert [docs[i]["status"] for i in rest] == \
-        ["cancelled" if i in handed_back else "done" for i in rest]
+    assert [docs[i]["status"] for i in long_ids[1:]] == ["done", "done"]
     never = docs[queued]
     assert never["started_at"] is None and never["attempts"] == 0
     assert never["progress"]["sentences_done"] == 0
@@ -337,27 +340,6 @@ async def test_cancel_queued_and_running_jobs(jobs_server, session):
     assert status == 409 and json.loads(raw)["error"]["code"] == "job_finished"
     await asyncio.sleep(0.5)
     assert (await carol.job(running))["progress"] == stopped["progress"]  # nothing ran on
-
-
-async def cancel_one_running(carol: Client, server: ServerProcess, job_ids: list[str]
-                             ) -> tuple[str, list[str]]:
-    """DELETE a job while it runs (one sentence done): 202, it stops after its sentence.
-    A job handed back to the queue between the poll and the DELETE (a transient fault;
-    once in six clean-clone CI runs) is cancelled at once with 200; the next is tried."""
-    handed_back = []
-    for job_id in job_ids:
-        while (doc := await carol.job(job_id))["progress"]["sentences_done"] < 1:
-            assert doc["status"] in ("queued", "running")
-            await asyncio.sleep(0.05)
-        status, _, raw = await carol.call("DELETE", f"/api/tts/jobs/{job_id}")
-        doc = json.loads(raw)
-        if status == 202:
-            assert doc["cancel_requested"] is True and doc["status"] == "running"
-            return job_id, handed_back
-        assert status == 200 and doc["status"] == "cancelled", (status, doc)
-        handed_back.append(job_id)
-    warnings = [line for line in server.log().splitlines() if '"WARNING"' in line]
-    raise AssertionError(f"no job was still running when cancelled: {warnings[-20:]}")
 
 
 # ---- audio and ranges -----------------------------------------------------------------------

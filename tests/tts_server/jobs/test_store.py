@@ -13,7 +13,7 @@ import pytest
 
 from tts_server.config import JobSettings
 from tts_server.jobs.models import JobSpec, Status
-from tts_server.jobs.stores.base import JobStore, Lease, QueueFull
+from tts_server.jobs.stores.base import CancelAction, JobStore, Lease, QueueFull
 from tts_server.jobs.stores.memory import MemoryJobStore
 from tts_server.jobs.stores.redis import RedisJobStore
 
@@ -121,17 +121,48 @@ async def test_cancel_queued_and_running(make_store: StoreFactory) -> None:
     assert claim is not None and claim.job.id == "queued"
     # Cancel the other, still queued: it is cancelled at once and can never be claimed.
     cancelled = await store.cancel("running")
-    assert cancelled is not None and cancelled.status is Status.CANCELLED
+    assert cancelled is not None and cancelled.action is CancelAction.CANCELLED
+    assert cancelled.job.status is Status.CANCELLED
     assert await store.claim("u", "me") is None
     # Cancel the running one: its runner hears of it at its next write or heartbeat.
     pending = await store.cancel("queued")
-    assert pending is not None and pending.status is Status.RUNNING and pending.cancel_requested
+    assert pending is not None and pending.action is CancelAction.REQUESTED
+    assert pending.job.status is Status.RUNNING and pending.job.cancel_requested
     assert await store.store_unit(claim, 0, b"\0\0") is Lease.CANCEL
     assert await store.heartbeat(claim) is Lease.CANCEL
     assert await store.finish(claim, Status.CANCELLED) is Lease.OK
     job = await store.get("queued")
     assert job is not None and job.status is Status.CANCELLED and job.units_done == 1
+    again = await store.cancel("queued")
+    assert again is not None and again.action is CancelAction.FINISHED
+    assert again.job.status is Status.CANCELLED
     assert await store.cancel("missing") is None
+
+
+async def test_a_cancel_says_what_it_did_when_the_runner_stops_the_job_first(
+    redis_server,
+) -> None:
+    """Redis: a running job's runner can hear of the cancel and stop the job between the
+    cancel script and the read of the job; the answer still says it was a request (202),
+    not that the job was cancelled while queued (200). Memory cancels in one step."""
+    store = RedisJobStore.from_url(redis_server.url, JobSettings(lease_ttl_s=1.0))
+    try:
+        await store.submit("a", spec())
+        claim = await store.claim("t", "me")
+        assert claim is not None
+        read_job = store.get
+
+        async def runner_lands_first(job_id: str):  # type: ignore[no-untyped-def]
+            assert await store.store_unit(claim, 0, b"\0\0") is Lease.CANCEL
+            assert await store.finish(claim, Status.CANCELLED) is Lease.OK
+            return await read_job(job_id)
+
+        store.get = runner_lands_first  # type: ignore[method-assign]
+        outcome = await store.cancel("a")
+        assert outcome is not None and outcome.action is CancelAction.REQUESTED
+        assert outcome.job.status is Status.CANCELLED and outcome.job.units_done == 1
+    finally:
+        await store.close()
 
 
 async def test_requeue_refund_delay_and_failure(make_store: StoreFactory) -> None:

@@ -31,6 +31,21 @@ class Lease(enum.Enum):
     LOST = "lost"
 
 
+class CancelAction(enum.Enum):
+    """What a cancel did, decided inside the store's one atomic step: the job read after it
+    may already show the runner's answer (a running job's runner can stop it in between)."""
+
+    CANCELLED = "cancelled"  # it was queued: cancelled now
+    REQUESTED = "requested"  # it was running: it stops after its current sentence
+    FINISHED = "finished"  # it was done, failed or cancelled already: nothing changed
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    action: CancelAction
+    job: Job  # as it is after the cancel
+
+
 class StoreUnavailable(Exception):
     """The store (Redis) did not answer."""
 
@@ -76,7 +91,7 @@ class JobStore(ABC):
         """The owner's jobs, newest first."""
 
     @abstractmethod
-    async def cancel(self, job_id: str) -> Job | None: ...
+    async def cancel(self, job_id: str) -> Cancellation | None: ...
 
     @abstractmethod
     async def result_size(self, job_id: str) -> int: ...

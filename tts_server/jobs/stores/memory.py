@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 
 from tts_server.config import JobSettings
 from tts_server.jobs.models import Job, JobSpec, Status
-from tts_server.jobs.stores.base import Claim, JobStore, Lease, QueueFull, Submitted
+from tts_server.jobs.stores.base import (
+    CancelAction,
+    Cancellation,
+    Claim,
+    JobStore,
+    Lease,
+    QueueFull,
+    Submitted,
+)
 
 
 @dataclass
@@ -122,15 +130,18 @@ class MemoryJobStore(JobStore):
         mine.sort(key=lambda job: job.created_ms, reverse=True)
         return [replace(job) for job in mine[:limit]]
 
-    async def cancel(self, job_id: str) -> Job | None:
+    async def cancel(self, job_id: str) -> Cancellation | None:
         entry = self._live(job_id)
         if entry is None:
             return None
+        action = CancelAction.FINISHED
         if entry.job.status is Status.QUEUED:
             self._terminate(entry, Status.CANCELLED)
+            action = CancelAction.CANCELLED
         elif entry.job.status is Status.RUNNING:
             entry.job.cancel_requested = True
-        return self._copy(entry)
+            action = CancelAction.REQUESTED
+        return Cancellation(action, self._copy(entry))
 
     async def result_size(self, job_id: str) -> int:
         entry = self._live(job_id)

@@ -29,6 +29,8 @@ from redis.exceptions import RedisError
 from tts_server.config import JobSettings
 from tts_server.jobs.models import Job, JobSpec, Status, decode_units, encode_units
 from tts_server.jobs.stores.base import (
+    CancelAction,
+    Cancellation,
     Claim,
     JobStore,
     Lease,
@@ -210,10 +212,12 @@ local status = field(id, 'status')
 if not status then return 'missing' end
 if status == 'queued' then
   terminate(id, 'cancelled', '', '', tonumber(ARGV[3]), now_ms())
+  return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', jkey(id), 'cancel_requested', '1')
+  return 'requested'
 end
-return 'ok'
+return 'finished'
 """
 
 RECLAIM = PRELUDE + """
@@ -357,9 +361,10 @@ class RedisJobStore(JobStore):
             await self._call(self.client.zrem(index, *gone))
         return jobs
 
-    async def cancel(self, job_id: str) -> Job | None:
-        await self._run("cancel", job_id, self.settings.result_ttl_s)
-        return await self.get(job_id)
+    async def cancel(self, job_id: str) -> Cancellation | None:
+        action = _text(await self._run("cancel", job_id, self.settings.result_ttl_s))
+        job = None if action == "missing" else await self.get(job_id)
+        return Cancellation(CancelAction(action), job) if job is not None else None
 
     async def result_size(self, job_id: str) -> int:
         return int(await self._call(self.client.strlen(self._key("audio", job_id))))
