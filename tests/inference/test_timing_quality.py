@@ -1,5 +1,6 @@
 """Word timings of the Piper voice against an independent judge: Whisper base's own word
-timestamps, on held-out sentences (stress/timing_corpus.TEST_EN), through a real server.
+timestamps, on held-out sentences (stress/timing_corpus.CHECK_EN: written after the engine's
+boundary rule and lead were chosen, on other sentences), through a real server.
 
 No mocks: a real server process (ServerProcess, loopback, noise 0, cache off) answers
 {"timestamps": "words", "format": "wav"}; the WAV is decoded and given to faster-whisper
@@ -36,12 +37,12 @@ def piper_timed(tmp_path_factory):
                             {"cache": {"enabled": False, "redis": "off"},
                              "limits": {"enabled": False},
                              # The shipped FP32 model: the same bytes on every machine. Each
-                             # machine builds its own INT8 copy, not bit-reproducible, and on
-                             # these six sentences copies measured 47.5 and 54 ms.
+                             # machine builds its own INT8 copy, not bit-reproducible (two
+                             # copies differed by 6.5 ms on six sentences).
                              "voices": {"precision": "fp32"}})
     try:
         return [bench_timings.synthesize_timed(server.url, text, "joe")
-                for text in timing_corpus.TEST_EN]
+                for text in timing_corpus.CHECK_EN]
     finally:
         server.stop()
 
