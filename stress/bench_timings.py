@@ -20,7 +20,8 @@ quality: every sentence of stress/timing_corpus.py (30 English, 20 Chinese; with
   the signed median (ours - Whisper's: > 0 means our word starts later), the same without
   each sentence's first word (Whisper pins the first word of a segment near 0 s, whatever
   the leading silence), and a best constant shift (the offset that would minimize the
-  median absolute start error: is the error a constant offset?).
+  median absolute start error: is the error a constant offset?), and a scan of constant
+  shifts of starts and ends together, -30..+30 ms (how the Piper lead was chosen).
 cost: the same texts synthesized plain and with timings, interleaved in each round and in
   alternating order, >= 5 rounds, medians of the per-round ratios: in this process through
   each engine's synthesize_unit vs synthesize_timed (deterministic noise: both do the same
@@ -297,19 +298,25 @@ def _match(ours_keys: Sequence[str], their_keys: Sequence[str]
     return found
 
 
+def _pairs(mine: Sequence[tuple[str, dict]],
+           heard: Sequence[tuple[str, float | None, float | None]], joiner: str) -> list[Pair]:
+    """The matched runs of our (key, word) and Whisper's (key, start, end) lists."""
+    first_text = mine[0][1] if mine else None
+    pairs = []
+    for ri, rj in _match([k for k, _ in mine], [k for k, _, _ in heard]):
+        a, b = mine[ri.start][1], mine[ri.stop - 1][1]
+        pairs.append(Pair(joiner.join(mine[i][0] for i in ri), a["start_s"], b["end_s"],
+                          heard[rj.start][1], heard[rj.stop - 1][2], a is first_text))
+    return pairs
+
+
 def align_english(ours: Sequence[dict], theirs: Sequence[tuple[str, float, float]]
                   ) -> list[Pair]:
     mine = [(norm_word(w["text"]), w) for w in ours]
     mine = [(k, w) for k, w in mine if k]
-    first_text = mine[0][1] if mine else None
     heard = [(norm_word(t), s, e) for t, s, e in theirs]
     heard = [h for h in heard if h[0]]
-    pairs = []
-    for ri, rj in _match([k for k, _ in mine], [k for k, _, _ in heard]):
-        a, b = mine[ri.start][1], mine[ri.stop - 1][1]
-        pairs.append(Pair(" ".join(mine[i][0] for i in ri), a["start_s"], b["end_s"],
-                          heard[rj.start][1], heard[rj.stop - 1][2], a is first_text))
-    return pairs
+    return _pairs(mine, heard, " ")
 
 
 _HAN_OR_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\u3400-\u9fff\uf900-\ufaff]+")
@@ -335,7 +342,6 @@ def align_chinese(ours: Sequence[dict], theirs: Sequence[tuple[str, float, float
     # Ours: one unit per word (a Han character, or a number / Latin token kept whole).
     mine = [("".join(chinese_units(w["text"])), w) for w in ours]
     mine = [(k, w) for k, w in mine if k]
-    first_text = mine[0][1] if mine else None
     # Whisper's: each word split into units; only its first unit starts at Whisper's
     # start and only its last ends at Whisper's end.
     heard: list[tuple[str, float | None, float | None]] = []
@@ -344,12 +350,7 @@ def align_chinese(ours: Sequence[dict], theirs: Sequence[tuple[str, float, float
         for index, unit in enumerate(units):
             heard.append((unit, start if index == 0 else None,
                           end if index == len(units) - 1 else None))
-    pairs = []
-    for ri, rj in _match([k for k, _ in mine], [k for k, _, _ in heard]):
-        a, b = mine[ri.start][1], mine[ri.stop - 1][1]
-        pairs.append(Pair("".join(mine[i][0] for i in ri), a["start_s"], b["end_s"],
-                          heard[rj.start][1], heard[rj.stop - 1][2], a is first_text))
-    return pairs
+    return _pairs(mine, heard, "")
 
 
 def align(language: str, ours: Sequence[dict], theirs: Sequence[tuple[str, float, float]]
@@ -395,6 +396,33 @@ class VoiceQuality:
     timing_problems: int
     seconds: float = 0.0
     examples: list[dict] = field(default_factory=list, repr=False)
+    # Constant shift of our starts and ends together (ms) -> (start, end) median |error|:
+    # how the Piper lead (inference.voice.WORD_TIMING_LEAD_S) was chosen, on these sentences.
+    shift_scan: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+SCAN_SHIFTS_MS = tuple(range(-30, 31, 5))
+
+
+def shift_scan(starts_s: Sequence[float], ends_s: Sequence[float]
+               ) -> dict[int, tuple[float, float]]:
+    if not starts_s or not ends_s:
+        return {}
+    starts, ends = np.asarray(starts_s) * 1000, np.asarray(ends_s) * 1000
+    return {shift: (float(np.median(np.abs(starts + shift))),
+                    float(np.median(np.abs(ends + shift)))) for shift in SCAN_SHIFTS_MS}
+
+
+def shift_table(rows: Sequence[VoiceQuality]) -> str:
+    head = f"{'voice':18s} " + " ".join(f"{shift:>+11d}" for shift in SCAN_SHIFTS_MS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.shift_scan:
+            lines.append(f"{r.voice:18s} " + " ".join(
+                f"{start:5.1f}/{end:5.1f}" for start, end in r.shift_scan.values()))
+    lines.append("ms added to our starts and ends together -> median |start error| / "
+                 "|end error| in ms")
+    return "\n".join(lines)
 
 
 def best_shift(errors_s: Sequence[float]) -> tuple[float, float]:
@@ -424,7 +452,8 @@ def summarize(voice: str, results: Sequence[tuple[Timed, list, list[Pair]]],
         voice, len(results), sum(len(t.words) for t, _, _ in results),
         sum(len(h) for _, h, _ in results), len(pairs),
         ErrorStats.of(starts), ErrorStats.of(ends), ErrorStats.of(starts_nf),
-        ErrorStats.of(ends_nf), shift, after, problems, seconds, examples)
+        ErrorStats.of(ends_nf), shift, after, problems, seconds, examples,
+        shift_scan(starts, ends))
 
 
 def quality_table(rows: Sequence[VoiceQuality]) -> str:
@@ -892,6 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run_quality(voices, args.limit, args.deterministic, args.log_dir,
                            args.check)
         print("\n## word timings vs Whisper base word timestamps\n" + quality_table(rows))
+        print("\n## the same, every word moved by a constant\n" + shift_table(rows))
         out["quality"] = [asdict(r) for r in rows]
     if args.what in ("all", "cost"):
         print(f"# cost: {args.rounds} rounds, interleaved", flush=True)
